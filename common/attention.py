@@ -1,0 +1,128 @@
+"""Multi-head attention (self and cross) with masks, additive bias and a KV cache.
+
+Masks are boolean [B, 1, Q, K] (True = may attend), built from segment ids so padding,
+packing (no attention across documents) and causality are one mechanism. An additive
+bias [B or 1, H, Q, K] is where T5's relative position bias plugs in. Softmax is in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from common import sharding
+from common.layers import Dense
+
+_NEG_INF = -1e10  # finite, so fully masked rows (padding queries) give no NaN
+
+
+class KVCache(NamedTuple):
+  """Keys/values of all positions decoded so far: [B, max_len, H, D_head]."""
+  k: jax.Array
+  v: jax.Array
+
+  @classmethod
+  def zeros(cls, batch: int, max_len: int, num_heads: int, head_dim: int,
+            dtype: jnp.dtype) -> "KVCache":
+    shape = (batch, max_len, num_heads, head_dim)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def make_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, *, causal: bool,
+              q_index: jax.Array | None = None, kv_index: jax.Array | None = None) -> jax.Array:
+  """[B, 1, Q, K] mask: same non-zero segment, and key index <= query index if causal.
+
+  Segment id 0 marks padding. `q_index`/`kv_index` ([B, Q]/[B, K] or [Q]/[K]) are the
+  positions along the sequence buffer used for causality (default: 0..Q-1, 0..K-1); decoding
+  with a cache passes the cache offset here.
+  """
+  mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]) & (
+      q_segment_ids[:, :, None] > 0)
+  if causal:
+    q_index = jnp.arange(q_segment_ids.shape[1]) if q_index is None else q_index
+    kv_index = jnp.arange(kv_segment_ids.shape[1]) if kv_index is None else kv_index
+    q_index = jnp.broadcast_to(q_index, q_segment_ids.shape)
+    kv_index = jnp.broadcast_to(kv_index, kv_segment_ids.shape)
+    mask = mask & (kv_index[:, None, :] <= q_index[:, :, None])
+  return mask[:, None]
+
+
+def dot_product_attention(q_BxQxHxD: jax.Array, k_BxKxHxD: jax.Array, v_BxKxHxD: jax.Array, *,
+                          mask: jax.Array | None, bias: jax.Array | None, scale: float,
+                          dropout: nnx.Dropout, dropout_key: jax.Array | None,
+                          dtype: jnp.dtype) -> jax.Array:
+  logits_BxHxQxK = jnp.einsum("bqhd,bkhd->bhqk", q_BxQxHxD, k_BxKxHxD,
+                              preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits_BxHxQxK = logits_BxHxQxK + bias.astype(jnp.float32)
+  if mask is not None:
+    logits_BxHxQxK = jnp.where(mask, logits_BxHxQxK, _NEG_INF)
+  probs = jax.nn.softmax(logits_BxHxQxK, axis=-1)
+  probs = dropout(probs, deterministic=dropout_key is None, rngs=dropout_key)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v_BxKxHxD,
+                    preferred_element_type=jnp.float32).astype(dtype)
+
+
+class MultiHeadAttention(nnx.Module):
+  """Projections q/k/v/o with logical axes (embed, heads, kv); self or cross attention."""
+
+  def __init__(self, d_model: int, num_heads: int, head_dim: int, *, rngs: nnx.Rngs,
+               use_bias: bool = True, init_std: float = 0.02, out_init_std: float | None = None,
+               dropout_rate: float = 0.0, scale_logits: bool = True,
+               dtype: jnp.dtype = jnp.float32):
+    proj = lambda std: Dense(d_model, (num_heads, head_dim), names=("embed", "heads", "kv"),
+                             rngs=rngs, use_bias=use_bias, init_std=std, dtype=dtype)
+    self.query, self.key, self.value = proj(init_std), proj(init_std), proj(init_std)
+    self.out = Dense((num_heads, head_dim), d_model, names=("heads", "kv", "embed"), rngs=rngs,
+                     use_bias=use_bias, init_std=out_init_std or init_std, dtype=dtype)
+    self.dropout = nnx.Dropout(dropout_rate)
+    self.scale = head_dim ** -0.5 if scale_logits else 1.0
+    self.dtype = dtype
+
+  def __call__(self, x_BxQxD: jax.Array, x_kv_BxKxD: jax.Array | None = None, *,
+               mask: jax.Array | None = None, bias: jax.Array | None = None,
+               cache: KVCache | None = None, cache_index: jax.Array | None = None,
+               dropout_key: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+    """With `cache`, the new keys/values are written at `cache_index` and attention runs over
+    the whole cache buffer (the caller's mask hides unwritten slots)."""
+    x_kv = x_BxQxD if x_kv_BxKxD is None else x_kv_BxKxD
+    q = sharding.constrain(self.query(x_BxQxD), ("batch", "length", "act_heads", "kv"))
+    k = sharding.constrain(self.key(x_kv), ("batch", "length", "act_heads", "kv"))
+    v = sharding.constrain(self.value(x_kv), ("batch", "length", "act_heads", "kv"))
+    if cache is not None:
+      start = (0, cache_index, 0, 0)
+      k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start)
+      v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start)
+      cache = KVCache(k, v)
+    out = dot_product_attention(q, k, v, mask=mask, bias=bias, scale=self.scale,
+                                dropout=self.dropout, dropout_key=dropout_key, dtype=self.dtype)
+    return self.out(out), cache
+
+
+class DecoderCache(NamedTuple):
+  """Everything incremental decoding carries between steps for a whole layer stack.
+
+  `kv` holds every layer's keys/values stacked on a leading layer axis; `segment_ids` marks
+  which buffer slots hold real tokens (0 = empty or padding, so left-padded ragged prompts
+  are simply masked); `index` is the next slot to write.
+  """
+  kv: KVCache
+  segment_ids: jax.Array
+  index: jax.Array
+
+  @classmethod
+  def zeros(cls, num_layers: int, batch: int, max_len: int, num_heads: int, head_dim: int,
+            dtype: jnp.dtype) -> "DecoderCache":
+    kv = KVCache.zeros(batch, max_len, num_heads, head_dim, dtype)
+    kv = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_layers,) + a.shape), kv)
+    return cls(kv, jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((), jnp.int32))
+
+  def step_mask(self, segment_ids_BxT: jax.Array) -> tuple["DecoderCache", jax.Array]:
+    """Records the new tokens' segment ids and returns the causal mask over the buffer."""
+    seg = jax.lax.dynamic_update_slice(self.segment_ids, segment_ids_BxT, (0, self.index))
+    q_index = self.index + jnp.arange(segment_ids_BxT.shape[1])
+    mask = make_mask(segment_ids_BxT, seg, causal=True, q_index=q_index)
+    return self._replace(segment_ids=seg), mask

@@ -1,0 +1,118 @@
+"""Config files (ml_collections) shared by all model families: defaults, validation, overrides.
+
+Each family's `configs/<family>.py:<preset>` starts from `base_config()`; any field can be
+overridden with `--config.a.b=value`. Overrides are checked before absl parses them so an
+unknown key is one clear line that names the valid keys, not a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from typing import Sequence
+
+from ml_collections import ConfigDict
+
+DEFAULT_DATA_DIR = os.environ.get("FLAX_PRETRAIN_DATA", os.path.expanduser("~/.cache/flax_pretrain"))
+DEFAULT_TOKENIZER = os.path.join(DEFAULT_DATA_DIR, "tokenizers", "debian_sp8k.model")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def base_config() -> ConfigDict:
+  """Trainer, data, optimizer and mesh defaults common to BERT, T5 and GPT."""
+  c = ConfigDict()
+  c.seed = 0
+  c.model = ConfigDict()
+  c.data = ConfigDict(dict(
+      dataset="debian", data_dir=DEFAULT_DATA_DIR, tokenizer=DEFAULT_TOKENIZER, text_field="text",
+      train_split="train", eval_split="validation", seq_len=128, shuffle=True))
+  c.train = ConfigDict(dict(
+      batch_size=8, num_steps=1000, grad_accum_steps=1, log_every=10, eval_every=500,
+      eval_batches=8, checkpoint_every=500, keep_checkpoints=3, async_checkpoint=True,
+      peak_flops_per_device=0.0))
+  c.optimizer = ConfigDict(dict(
+      name="adamw", learning_rate=3e-4, warmup_steps=100, schedule="cosine", end_lr_ratio=0.1,
+      weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0, adafactor_decay_rate=0.8,
+      adafactor_param_scale=True))
+  c.loss = ConfigDict(dict(z_loss=0.0, label_smoothing=0.0))
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules="fsdp_tp"))
+  return c
+
+
+def load_config_file(spec: str) -> ConfigDict:
+  """`path/to/file.py[:preset]` -> the file's `get_config(preset)`."""
+  path, _, preset = spec.partition(":")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path} not found")
+  module_spec = importlib.util.spec_from_file_location(f"_cfg_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(preset) if preset else module.get_config()
+
+
+def check_key(config: ConfigDict, dotted: str) -> None:
+  """Raises a one-line error naming the valid keys if `dotted` is not a field of `config`."""
+  node, walked = config, []
+  for part in dotted.split("."):
+    if not isinstance(node, ConfigDict) or part not in node:
+      valid = sorted(node.keys()) if isinstance(node, ConfigDict) else []
+      where = ".".join(walked) or "<top level>"
+      raise ValueError(f"unknown config key {dotted!r}: {where} has no field {part!r}; "
+                       f"valid keys there: {', '.join(valid)}")
+    node = node[part]
+    walked.append(part)
+
+
+def check_overrides(argv: Sequence[str], default_spec: str, flag: str = "config") -> None:
+  """Validates every `--config.a.b=v` in argv against the selected config file."""
+  spec = default_spec
+  overrides = []
+  for arg in argv[1:]:
+    if arg.startswith(f"--{flag}="):
+      spec = arg.split("=", 1)[1]
+    elif arg.startswith(f"--{flag}."):
+      overrides.append(arg[len(flag) + 3:].split("=", 1)[0])
+  if not overrides:
+    return
+  config = load_config_file(spec)
+  for key in overrides:
+    check_key(config, key)
+
+
+def apply_overrides(config: ConfigDict, overrides: dict) -> ConfigDict:
+  """Programmatic `--config.a.b=v` (tests, sweeps): same checks as the command line."""
+  config = ConfigDict(config.to_dict())
+  for dotted, value in overrides.items():
+    check_key(config, dotted)
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def save_config(config: ConfigDict, workdir: str) -> str:
+  """Writes the resolved config (after overrides) to workdir/config.json, atomically."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+  return path
+
+
+def exit_on_error(fn):
+  """Entry-point wrapper: bad input becomes one clear line on stderr and exit status 2."""
+  def run(*args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+      if os.environ.get("FLAX_PRETRAIN_TRACEBACK"):
+        raise
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  return run

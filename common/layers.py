@@ -1,0 +1,157 @@
+"""Basic Flax NNX layers shared by the BERT, T5 and GPT stacks.
+
+Every parameter carries logical axis names (see `common/sharding.py` for the rules that map
+them to mesh axes). Parameters are fp32; computation runs in a configurable dtype with matmuls
+accumulating in fp32 (`preferred_element_type`), which is what makes bf16 fast on CPUs with
+avx512_bf16 and is the usual TPU/GPU recipe.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Initializer = Callable[..., jax.Array]
+Shape = int | Sequence[int]
+
+
+def _tuple(x: Shape) -> tuple[int, ...]:
+  return (x,) if isinstance(x, int) else tuple(x)
+
+
+def normal_init(std: float) -> Initializer:
+  """T5X/GPT-2 style init; truncated at 2 std (BERT's `truncated_normal(0.02)`)."""
+  return nnx.initializers.truncated_normal(stddev=std, lower=-2.0, upper=2.0)
+
+
+def param(rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], names: tuple[str | None, ...]) -> nnx.Param:
+  """An fp32 parameter annotated with logical axis names."""
+  if len(names) != len(shape):
+    raise ValueError(f"logical names {names} do not match shape {shape}")
+  return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape, jnp.float32))
+
+
+def matmul(x: jax.Array, kernel: jax.Array, n_contract: int, dtype: jnp.dtype) -> jax.Array:
+  """Contracts the last `n_contract` dims of x with the first of kernel, accumulating in fp32."""
+  x_dims = tuple(range(x.ndim - n_contract, x.ndim))
+  k_dims = tuple(range(n_contract))
+  y = jax.lax.dot_general(
+      x.astype(dtype), kernel.astype(dtype), ((x_dims, k_dims), ((), ())),
+      preferred_element_type=jnp.float32)
+  return y.astype(dtype)
+
+
+class Dense(nnx.Module):
+  """DenseGeneral: maps `in_shape` trailing dims to `out_shape` dims (e.g. embed -> heads x kv)."""
+
+  def __init__(self, in_shape: Shape, out_shape: Shape, *, names: Sequence[str | None],
+               rngs: nnx.Rngs, use_bias: bool = True, init_std: float = 0.02,
+               dtype: jnp.dtype = jnp.float32):
+    self.in_shape, self.out_shape = _tuple(in_shape), _tuple(out_shape)
+    names = tuple(names)
+    self.kernel = param(rngs, normal_init(init_std), self.in_shape + self.out_shape, names)
+    self.bias = (param(rngs, nnx.initializers.zeros, self.out_shape, names[len(self.in_shape):])
+                 if use_bias else None)
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = matmul(x, self.kernel[...], len(self.in_shape), self.dtype)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class Embed(nnx.Module):
+  """Token embedding; `attend` reuses the table for tied output logits."""
+
+  def __init__(self, num_embeddings: int, features: int, *, rngs: nnx.Rngs,
+               init_std: float = 0.02, dtype: jnp.dtype = jnp.float32,
+               names: tuple[str, str] = ("vocab", "embed")):
+    self.embedding = param(rngs, normal_init(init_std), (num_embeddings, features), names)
+    self.dtype = dtype
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+  def attend(self, x_BxLxD: jax.Array) -> jax.Array:
+    """Logits against the embedding table, accumulated (and returned) in fp32."""
+    return jax.lax.dot_general(
+        x_BxLxD.astype(self.dtype), self.embedding[...].astype(self.dtype),
+        (((x_BxLxD.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm computed in fp32 (statistics in low precision lose too much)."""
+
+  def __init__(self, features: int, *, rngs: nnx.Rngs, eps: float = 1e-5, use_bias: bool = True,
+               dtype: jnp.dtype = jnp.float32):
+    self.scale = param(rngs, nnx.initializers.ones, (features,), ("embed",))
+    self.bias = param(rngs, nnx.initializers.zeros, (features,), ("embed",)) if use_bias else None
+    self.eps, self.dtype = eps, dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...]
+    if self.bias is not None:
+      y = y + self.bias[...]
+    return y.astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """T5's LayerNorm: scale only, no mean subtraction, no bias."""
+
+  def __init__(self, features: int, *, rngs: nnx.Rngs, eps: float = 1e-6,
+               dtype: jnp.dtype = jnp.float32):
+    self.scale = param(rngs, nnx.initializers.ones, (features,), ("embed",))
+    self.eps, self.dtype = eps, dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps) * self.scale[...]
+    return y.astype(self.dtype)
+
+
+def make_norm(kind: str, features: int, *, rngs: nnx.Rngs, eps: float, use_bias: bool,
+              dtype: jnp.dtype) -> nnx.Module:
+  if kind == "layernorm":
+    return LayerNorm(features, rngs=rngs, eps=eps, use_bias=use_bias, dtype=dtype)
+  if kind == "rmsnorm":
+    return RMSNorm(features, rngs=rngs, eps=eps, dtype=dtype)
+  raise ValueError(f"unknown norm {kind!r}; valid: 'layernorm', 'rmsnorm'")
+
+
+ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=True),
+               "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),
+               "relu": jax.nn.relu}
+
+
+class MLP(nnx.Module):
+  """Feed-forward block: `gelu`/`gelu_exact`/`relu`, or gated (`gated-gelu`, T5.1.1)."""
+
+  def __init__(self, d_model: int, d_ff: int, *, activation: str, rngs: nnx.Rngs,
+               use_bias: bool = True, init_std: float = 0.02, out_init_std: float | None = None,
+               dropout_rate: float = 0.0, dtype: jnp.dtype = jnp.float32):
+    self.gated = activation.startswith("gated-")
+    act = activation.removeprefix("gated-")
+    if act not in ACTIVATIONS:
+      raise ValueError(f"unknown activation {activation!r}; valid: {sorted(ACTIVATIONS)} "
+                       "optionally prefixed by 'gated-'")
+    self.act = act
+    dense = lambda i, o, names, std: Dense(i, o, names=names, rngs=rngs, use_bias=use_bias,
+                                          init_std=std, dtype=dtype)
+    self.wi = dense(d_model, d_ff, ("embed", "mlp"), init_std)
+    self.wi_gate = dense(d_model, d_ff, ("embed", "mlp"), init_std) if self.gated else None
+    self.wo = dense(d_ff, d_model, ("mlp", "embed"), out_init_std or init_std)
+    self.dropout = nnx.Dropout(dropout_rate)
+
+  def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
+    h = ACTIVATIONS[self.act](self.wi(x))
+    if self.wi_gate is not None:
+      h = h * self.wi_gate(x)
+    h = self.dropout(h, deterministic=dropout_key is None, rngs=dropout_key)
+    return self.wo(h)

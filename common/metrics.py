@@ -1,0 +1,68 @@
+"""Metrics to the console, `metrics.jsonl` and TensorBoard event files (no TensorFlow needed).
+
+Only process 0 writes, so multi-host runs produce one log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Mapping
+
+import jax
+from absl import logging
+
+# Peak dense FLOP/s per device, used for the MFU estimate. CPU figures are the fp32/bf16
+# matmul rates measured on the 2-core development machines (see ENGINEERING_NOTES.md); a
+# device kind not listed uses `train.peak_flops_per_device` from the config.
+PEAK_FLOPS = {
+    "cpu": {"float32": 180e9, "bfloat16": 330e9},
+    "TPU v4": {"float32": 275e12, "bfloat16": 275e12},
+    "TPU v5 lite": {"float32": 197e12, "bfloat16": 197e12},
+    "TPU v5p": {"float32": 459e12, "bfloat16": 459e12},
+    "NVIDIA H100 80GB HBM3": {"float32": 67e12, "bfloat16": 989e12},
+    "NVIDIA H200": {"float32": 67e12, "bfloat16": 989e12},
+    "NVIDIA A100-SXM4-80GB": {"float32": 19.5e12, "bfloat16": 312e12},
+}
+
+
+def peak_flops(dtype: str, override: float = 0.0) -> float:
+  """Total peak FLOP/s over all devices, 0 if unknown."""
+  if override:
+    return override * jax.device_count()
+  kind = jax.devices()[0].device_kind
+  if jax.devices()[0].platform == "cpu":
+    return PEAK_FLOPS["cpu"][dtype]  # fake CPU devices share the same cores
+  return PEAK_FLOPS.get(kind, {}).get(dtype, 0.0) * jax.device_count()
+
+
+class MetricsWriter:
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: Mapping[str, float], *, console: str | None = None) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for k, v in metrics.items():
+      self._tb.add_scalar(k, float(v), int(step))
+    self._tb.flush()
+    if console:
+      logging.info(console)
+      print(console, flush=True)
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()

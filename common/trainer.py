@@ -1,0 +1,356 @@
+"""Sharded training shared by every model family.
+
+The train state is a plain pytree {step, params, opt_state}; params are the NNX network's
+`nnx.Param`s as a pure dict, merged back into the network inside the jitted step (split once,
+merge in the pure function: no object-graph traversal per step). The state is created
+directly with its shardings (never materialised whole on one device), the step is
+`jax.jit` with explicit in/out shardings and a donated state, and the same code runs on one
+CPU, fake CPU devices, a multi-GPU host or a TPU pod slice.
+
+A model family plugs in through a `Model` (T5X's network/model split): it builds the network
+and computes loss sums from a batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable, Iterator, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from ml_collections import ConfigDict
+
+from common import sharding
+from common.checkpoint import Checkpointer, load_params
+from common.metrics import MetricsWriter, peak_flops
+from common.optim import make_optimizer, make_schedule
+
+
+class Model(Protocol):
+  """What the trainer needs from a model family."""
+
+  def make_network(self, rngs: nnx.Rngs) -> nnx.Module: ...
+
+  def loss(self, network: nnx.Module, batch: dict[str, jax.Array], *,
+           dropout_key: jax.Array | None) -> dict[str, jax.Array]:
+    """Sums over the batch; must include `loss` and `weights` (the normaliser)."""
+
+  def flops_per_token(self) -> float: ...
+
+  def identity(self) -> dict: ...
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything derived from (model, config, mesh) before any array is created."""
+  model: Model
+  cfg: ConfigDict
+  mesh: Mesh
+  rules: sharding.Rules
+  graphdef: Any
+  tx: optax.GradientTransformation
+  abstract_state: dict
+  state_specs: dict
+  state_shardings: dict
+  init_fn: Callable[[jax.Array], dict]
+
+  def merge(self, params: Any) -> nnx.Module:
+    return nnx.merge(self.graphdef, params)
+
+  def context(self):
+    """Mesh + rules active while tracing, so activation constraints resolve."""
+    return _Context(self.mesh, self.rules)
+
+
+class _Context:
+  def __init__(self, mesh: Mesh, rules: sharding.Rules):
+    self._mesh_cm = jax.set_mesh(mesh)
+    self._rules_cm = sharding.axis_rules(rules)
+
+  def __enter__(self):
+    self._mesh_cm.__enter__()
+    self._rules_cm.__enter__()
+
+  def __exit__(self, *exc):
+    self._rules_cm.__exit__(*exc)
+    return self._mesh_cm.__exit__(*exc)
+
+
+def make_mesh(cfg: ConfigDict) -> Mesh:
+  return sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+
+
+def make_setup(model: Model, cfg: ConfigDict, mesh: Mesh) -> Setup:
+  rules = sharding.get_rules(cfg.mesh.rules)
+  with nnx.use_eager_sharding(False):
+    abs_net = nnx.eval_shape(lambda: model.make_network(nnx.Rngs(params=0)))
+  graphdef, abs_params, rest = nnx.split(abs_net, nnx.Param, ...)
+  if jax.tree.leaves(rest):
+    raise ValueError("networks must hold only nnx.Param state (dropout keys are passed per call)")
+  param_specs = sharding.param_specs(abs_params, rules)
+  tx = make_optimizer(cfg.optimizer, cfg.train.num_steps)
+
+  def init_fn(key: jax.Array) -> dict:
+    with nnx.use_eager_sharding(False):
+      net = model.make_network(nnx.Rngs(params=key))
+    params = nnx.to_pure_dict(nnx.split(net, nnx.Param)[1])
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  abstract = jax.eval_shape(init_fn, jax.random.key(0))
+  specs = {"step": P(), "params": param_specs,
+           "opt_state": sharding.opt_state_specs(abstract["opt_state"], abstract["params"],
+                                                 param_specs)}
+  shardings = sharding.specs_to_shardings(specs, abstract, mesh)
+  return Setup(model, cfg, mesh, rules, graphdef, tx, abstract, specs, shardings, init_fn)
+
+
+def init_state(setup: Setup) -> dict:
+  """Initialises params and optimizer state directly into their shardings."""
+  with setup.context():
+    init = jax.jit(setup.init_fn, out_shardings=setup.state_shardings)
+    return init(jax.random.key(setup.cfg.seed))
+
+
+def _split_microbatches(batch: dict, n: int) -> dict:
+  """[B, ...] -> [n, B/n, ...] taking strided rows, so every microbatch stays spread over all
+  data-parallel devices (contiguous blocks would put each microbatch on a few devices)."""
+  def split(x):
+    x = x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1)
+    return sharding.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(setup: Setup) -> Callable[[dict, dict], tuple[dict, dict]]:
+  """Jitted (state, batch) -> (state, metrics): grad accumulation, clipping, optimizer."""
+  cfg, model = setup.cfg, setup.model
+  accum = cfg.train.grad_accum_steps
+  schedule = make_schedule(cfg.optimizer, cfg.train.num_steps)
+  use_dropout = _has_dropout(cfg)
+
+  def grads_and_sums(params, batch, key):
+    def loss_fn(p):
+      sums = model.loss(setup.merge(p), batch, dropout_key=key)
+      return sums["loss"], sums
+    return jax.grad(loss_fn, has_aux=True)(params)
+
+  def step(state: dict, batch: dict) -> tuple[dict, dict]:
+    params = state["params"]
+    key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"]) if use_dropout else None
+    if accum == 1:
+      grads, sums = grads_and_sums(params, batch, key)
+    else:
+      micro = _split_microbatches(batch, accum)
+      keys = jax.random.split(key, accum) if key is not None else None
+
+      def body(carry, xs):
+        mb, k = xs
+        g, s = grads_and_sums(params, mb, k)
+        return jax.tree.map(jnp.add, carry, (g, s)), None
+
+      zero = jax.eval_shape(grads_and_sums, params, jax.tree.map(lambda x: x[0], micro),
+                            None if keys is None else keys[0])
+      zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zero)
+      (grads, sums), _ = jax.lax.scan(body, zero, (micro, keys))
+    denom = jnp.maximum(sums["weights"], 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    updates, opt_state = setup.tx.update(grads, state["opt_state"], params)
+    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
+                 "opt_state": opt_state}
+    metrics = {k: v / denom for k, v in sums.items() if k != "weights"}
+    metrics.update(tokens=sums["weights"], grad_norm=optax.global_norm(grads),
+                   learning_rate=schedule(state["step"]))
+    return new_state, metrics
+
+  batch_sharding = sharding.batch_sharding(setup.mesh)
+  replicated = NamedSharding(setup.mesh, P())
+  jitted = jax.jit(step, in_shardings=(setup.state_shardings, batch_sharding),
+                   out_shardings=(setup.state_shardings, replicated), donate_argnums=(0,))
+
+  def run(state: dict, batch: dict) -> tuple[dict, dict]:
+    with setup.context():
+      return jitted(state, batch)
+  return run
+
+
+def make_eval_step(setup: Setup) -> Callable[[dict, dict], dict]:
+  """Jitted (params, batch) -> loss sums (no dropout)."""
+  def step(params, batch):
+    return setup.model.loss(setup.merge(params), batch, dropout_key=None)
+
+  jitted = jax.jit(step, in_shardings=(setup.state_shardings["params"],
+                                       sharding.batch_sharding(setup.mesh)),
+                   out_shardings=NamedSharding(setup.mesh, P()))
+
+  def run(params: dict, batch: dict) -> dict:
+    with setup.context():
+      return jitted(params, batch)
+  return run
+
+
+def _has_dropout(cfg: ConfigDict) -> bool:
+  return any(v > 0 for k, v in cfg.model.items() if "dropout" in k and isinstance(v, float))
+
+
+def evaluate(eval_step: Callable, params: dict, batches: Iterator[dict], mesh: Mesh,
+             num_batches: int) -> dict[str, float]:
+  """Summed metrics over `num_batches` batches, normalised by the summed weights."""
+  totals: dict[str, float] = {}
+  for _, local in zip(range(num_batches), batches):
+    sums = jax.device_get(eval_step(params, sharding.global_batch(local, mesh)))
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  if not totals:
+    raise ValueError("the evaluation split produced no batches (is it empty or smaller than "
+                     "one batch?)")
+  w = max(totals.pop("weights"), 1.0)
+  out = {k: v / w for k, v in totals.items()}
+  out["tokens"] = w
+  if "loss" in out:
+    out["perplexity"] = math.exp(min(out["loss"] - out.get("z_loss", 0.0), 50.0))
+  return out
+
+
+def check_config(cfg: ConfigDict, mesh: Mesh) -> None:
+  """Up-front checks with one clear message each (before any compilation or I/O)."""
+  t = cfg.train
+  sharding.check_batch_divisible(t.batch_size, mesh, "train.batch_size")
+  if t.grad_accum_steps < 1:
+    raise ValueError(f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1")
+  n_data = mesh.shape["data"] * mesh.shape["fsdp"]
+  if t.batch_size % (t.grad_accum_steps * n_data):
+    raise ValueError(f"train.batch_size={t.batch_size} must be divisible by grad_accum_steps x "
+                     f"data axes = {t.grad_accum_steps} x {n_data}")
+  if t.batch_size % jax.process_count():
+    raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the number of "
+                     f"processes ({jax.process_count()})")
+  for name in ("num_steps", "log_every", "checkpoint_every", "eval_every"):
+    if t[name] <= 0:
+      raise ValueError(f"train.{name}={t[name]} must be positive")
+
+
+class NonFiniteLoss(FloatingPointError):
+  pass
+
+
+def _check_finite(history: list[tuple[int, dict]], last_ckpt: int | None) -> None:
+  for step, m in history:
+    if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+      raise NonFiniteLoss(
+          f"non-finite training loss at step {step} (loss={m['loss']}, "
+          f"grad_norm={m['grad_norm']}, learning_rate={m['learning_rate']:.3g}); stopped before "
+          f"writing a checkpoint (last good checkpoint: {last_ckpt}). Lower "
+          "optimizer.learning_rate, raise optimizer.warmup_steps or set optimizer.clip_norm.")
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: dict
+  setup: Setup
+  history: list[dict]           # every step's metrics (host floats)
+  eval_metrics: dict[str, float]
+  start_step: int
+
+
+def train(model: Model, cfg: ConfigDict, workdir: str, *,
+          make_train_iter: Callable[[], Any],
+          make_eval_iter: Callable[[], Iterator[dict]] | None,
+          init_params_from: str | None = None,
+          mesh: Mesh | None = None) -> TrainResult:
+  """Runs (or resumes) training in `workdir` until `cfg.train.num_steps`.
+
+  `make_train_iter()` returns a grain iterator (with get_state/set_state) of host-local
+  batches; its state is checkpointed with the model so a resumed run continues on exactly
+  the data it would have seen. `init_params_from` loads params only (fine-tuning) when the
+  work dir has no checkpoint yet; the step then continues from the loaded checkpoint's.
+  """
+  mesh = mesh or make_mesh(cfg)
+  check_config(cfg, mesh)
+  t = cfg.train
+  setup = make_setup(model, cfg, mesh)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints,
+                      async_save=t.async_checkpoint)
+  identity = model.identity()
+  ckpt.check_identity(identity)
+  train_iter = make_train_iter()
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, data_state = ckpt.restore(latest, setup.abstract_state, setup.state_shardings)
+    train_iter.set_state(data_state)
+  else:
+    state = init_state(setup)
+    if init_params_from:
+      params, step, _ = load_params(init_params_from, setup.abstract_state["params"],
+                                    setup.state_shardings["params"])
+      state["params"] = params
+      state["step"] = jax.device_put(jnp.asarray(step, jnp.int32),
+                                     setup.state_shardings["step"])
+  start = int(jax.device_get(state["step"]))
+  train_step = make_train_step(setup)
+  eval_step = make_eval_step(setup)
+  writer = MetricsWriter(workdir)
+  flops_tok = model.flops_per_token()
+  peak = peak_flops(cfg.model.get("dtype", "float32"), t.peak_flops_per_device)
+  history: list[dict] = []
+  pending: list[tuple[int, dict]] = []
+  last_ckpt = latest
+  eval_metrics: dict[str, float] = {}
+  t0, tokens_since, step_t0 = time.time(), 0.0, start
+
+  def flush_pending() -> list[tuple[int, dict]]:
+    host = [(s, {k: float(v) for k, v in jax.device_get(m).items()}) for s, m in pending]
+    _check_finite(host, last_ckpt)
+    pending.clear()
+    history.extend(m | {"step": s} for s, m in host)
+    return host
+
+  def run_eval(step: int) -> dict[str, float]:
+    out = evaluate(eval_step, state["params"], make_eval_iter(), mesh, t.eval_batches)
+    writer.write(step, {f"eval/{k}": v for k, v in out.items()},
+                 console=f"step {step:6d} | eval loss {out['loss']:.4f} | "
+                         f"ppl {out.get('perplexity', float('nan')):.2f} | "
+                         f"acc {out.get('correct', float('nan')):.4f}")
+    return out
+
+  try:
+    for step in range(start, t.num_steps):
+      batch = sharding.global_batch(next(train_iter), mesh)
+      state, metrics = train_step(state, batch)
+      pending.append((step + 1, metrics))
+      done = step + 1
+      if done % t.log_every == 0 or done == t.num_steps:
+        host = flush_pending()
+        tokens_since += sum(m["tokens"] for _, m in host)
+        dt = time.time() - t0
+        tps = tokens_since / max(dt, 1e-9)
+        mfu = tps * flops_tok / peak if peak else float("nan")
+        eta = (t.num_steps - done) * dt / max(done - step_t0, 1)
+        last = host[-1][1]
+        writer.write(done, {"train/loss": last["loss"], "train/accuracy": last["correct"],
+                            "train/grad_norm": last["grad_norm"],
+                            "train/learning_rate": last["learning_rate"],
+                            "train/tokens_per_sec": tps, "train/mfu": mfu},
+                     console=f"step {done:6d} | loss {last['loss']:.4f} | "
+                             f"lr {last['learning_rate']:.2e} | {tps:,.0f} tok/s | "
+                             f"MFU {mfu:.1%} | ETA {eta / 60:.1f} min")
+        t0, tokens_since, step_t0 = time.time(), 0.0, done
+      if done % t.checkpoint_every == 0 or done == t.num_steps:
+        flush_pending()
+        ckpt.save(done, state, train_iter.get_state(), identity, force=True)
+        last_ckpt = done
+      if make_eval_iter is not None and (done % t.eval_every == 0 or done == t.num_steps):
+        eval_metrics = run_eval(done)
+    if pending:
+      flush_pending()
+    if make_eval_iter is not None and not eval_metrics and start >= t.num_steps:
+      eval_metrics = run_eval(start)
+  finally:
+    ckpt.close()
+    writer.close()
+  return TrainResult(state, setup, history, eval_metrics, start)
