@@ -1,0 +1,86 @@
+"""Dataset specs -> random-access sources, and the errors users see when a spec is wrong."""
+import json
+
+import pytest
+import tensorflow_datasets as tfds
+
+from common.data import sources
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_jsonl_split_placeholder(tmp_path):
+    _write_jsonl(tmp_path / "train.jsonl", [{"text": f"doc {i}", "n": i} for i in range(5)])
+    _write_jsonl(tmp_path / "validation.jsonl", [{"text": "held out"}])
+    spec = f"jsonl:{tmp_path}/{{split}}.jsonl"
+    train = sources.open_source(spec, "train", "/unused")
+    assert len(train) == 5 and train[3] == {"text": "doc 3", "n": 3}
+    assert sources.open_source(spec, "validation", "/unused")[0]["text"] == "held out"
+    with pytest.raises(ValueError, match=r"unknown split 'test'.*\['train', 'validation'\]"):
+        sources.open_source(spec, "test", "/unused")
+
+
+def test_jsonl_glob_without_placeholder_is_same_for_every_split(tmp_path):
+    _write_jsonl(tmp_path / "part-1.jsonl", [{"text": "b"}])
+    _write_jsonl(tmp_path / "part-0.jsonl", [{"text": "a"}])
+    (tmp_path / "part-2.jsonl").write_text('\n{"text": "c"}\n\n')  # blank lines are skipped
+    spec = f"jsonl:{tmp_path}/part-*.jsonl"
+    for split in ("train", "test"):
+        src = sources.open_source(spec, split, "/unused")
+        assert [src[i]["text"] for i in range(len(src))] == ["a", "b", "c"]  # sorted file order
+
+
+def test_jsonl_bad_line_names_file_and_line(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "ok"}\n{not json}\n[1, 2]\n')
+    src = sources.open_source(f"jsonl:{tmp_path}/d.jsonl", "train", "/unused")
+    with pytest.raises(ValueError, match=r"d.jsonl:2: invalid JSON"):
+        src[1]
+    with pytest.raises(ValueError, match=r"d.jsonl:3: expected a JSON object, got list"):
+        src[2]
+
+
+def test_text_spec_one_document_per_nonempty_line(tmp_path):
+    (tmp_path / "train.txt").write_text("first doc\n\n  \nsecond doc\r\n")
+    src = sources.open_source(f"text:{tmp_path}/{{split}}.txt", "train", "/unused")
+    assert [src[i] for i in range(len(src))] == [{"text": "first doc"}, {"text": "second doc"}]
+
+
+def test_missing_files_and_unknown_prefix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no files match"):
+        sources.open_source(f"jsonl:{tmp_path}/nothing-*.jsonl", "train", "/unused")
+    with pytest.raises(ValueError, match=r"unknown dataset spec 'csv:x'.*jsonl:PATH_OR_GLOB"):
+        sources.open_source("csv:x", "train", "/unused")
+
+
+def test_debian_not_prepared_says_how_to_prepare(tmp_path):
+    with pytest.raises(FileNotFoundError, match=(
+            f"dataset 'debian' is not prepared in {tmp_path}; run: python -m common.data.prepare "
+            f"--dataset=debian --data_dir={tmp_path}")):
+        sources.open_source("debian", "train", str(tmp_path))
+
+
+def test_get_text_errors_name_the_fields():
+    assert sources.get_text({"text": "hi"}, "text") == "hi"
+    assert sources.get_text({"text": b"hi"}, "text") == "hi"
+    with pytest.raises(ValueError, match=r"no field 'body'; fields present: \['label', 'text'\]"):
+        sources.get_text({"text": "x", "label": 1}, "body")
+    with pytest.raises(ValueError, match=r"field 'label' holds int, not text"):
+        sources.get_text({"text": "x", "label": 1}, "label")
+
+
+def test_tfds_catalog_through_mock_data(tmp_path):
+    with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+        imdb = sources.open_source("tfds:imdb_reviews", "train", str(tmp_path))
+        assert len(imdb) == 6 and isinstance(sources.get_text(imdb[0], "text"), str)
+        cnn = sources.open_source("tfds:cnn_dailymail", "validation", str(tmp_path))
+        assert {"article", "highlights"} <= set(cnn[0])
+        assert all(isinstance(cnn[0][k], str) for k in ("article", "highlights"))
+
+
+def test_tfds_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown TFDS dataset 'no_such_dataset_xyz'"):
+        sources.open_source("tfds:no_such_dataset_xyz", "train", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="'tfds:imdb_reviews' is not prepared.*array_record"):
+        sources.open_source("tfds:imdb_reviews", "train", str(tmp_path))
