@@ -53,6 +53,7 @@ def make_optimizer(cfg: ConfigDict, num_steps: int) -> optax.GradientTransformat
     # (see sharding.opt_state_specs).
     opt = optax.adafactor(schedule, decay_rate=cfg.adafactor_decay_rate, clipping_threshold=1.0,
                           multiply_by_parameter_scale=cfg.adafactor_param_scale,
+                          min_dim_size_to_factor=cfg.adafactor_min_dim_to_factor,
                           weight_decay_rate=cfg.weight_decay or None,
                           weight_decay_mask=decay_mask)
   return optax.chain(*clip, opt)

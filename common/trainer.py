@@ -29,6 +29,7 @@ from ml_collections import ConfigDict
 
 from common import sharding
 from common.checkpoint import Checkpointer, load_params
+from common.data.pipeline import iterator_state_from_json, iterator_state_to_json
 from common.metrics import MetricsWriter, peak_flops
 from common.optim import make_optimizer, make_schedule
 
@@ -164,7 +165,7 @@ def make_train_step(setup: Setup) -> Callable[[dict, dict], tuple[dict, dict]]:
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
                  "opt_state": opt_state}
     metrics = {k: v / denom for k, v in sums.items() if k != "weights"}
-    metrics.update(tokens=sums["weights"], grad_norm=optax.global_norm(grads),
+    metrics.update(tokens=sums["weights"], grad_norm=optax.tree.norm(grads),
                    learning_rate=schedule(state["step"]))
     return new_state, metrics
 
@@ -262,13 +263,15 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
           make_train_iter: Callable[[], Any],
           make_eval_iter: Callable[[], Iterator[dict]] | None,
           init_params_from: str | None = None,
-          mesh: Mesh | None = None) -> TrainResult:
+          mesh: Mesh | None = None,
+          on_start: Callable[[], None] | None = None) -> TrainResult:
   """Runs (or resumes) training in `workdir` until `cfg.train.num_steps`.
 
   `make_train_iter()` returns a grain iterator (with get_state/set_state) of host-local
   batches; its state is checkpointed with the model so a resumed run continues on exactly
   the data it would have seen. `init_params_from` loads params only (fine-tuning) when the
   work dir has no checkpoint yet; the step then continues from the loaded checkpoint's.
+  `on_start` runs once the work dir is known to belong to this model (e.g. to record config).
   """
   mesh = mesh or make_mesh(cfg)
   check_config(cfg, mesh)
@@ -278,11 +281,13 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
                       async_save=t.async_checkpoint)
   identity = model.identity()
   ckpt.check_identity(identity)
+  if on_start is not None:
+    on_start()
   train_iter = make_train_iter()
   latest = ckpt.latest_step()
   if latest is not None:
     state, data_state = ckpt.restore(latest, setup.abstract_state, setup.state_shardings)
-    train_iter.set_state(data_state)
+    train_iter.set_state(iterator_state_from_json(data_state))
   else:
     state = init_state(setup)
     if init_params_from:
@@ -342,7 +347,8 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
         t0, tokens_since, step_t0 = time.time(), 0.0, done
       if done % t.checkpoint_every == 0 or done == t.num_steps:
         flush_pending()
-        ckpt.save(done, state, train_iter.get_state(), identity, force=True)
+        ckpt.save(done, state, iterator_state_to_json(train_iter.get_state()), identity,
+                  force=True)
         last_ckpt = done
       if make_eval_iter is not None and (done % t.eval_every == 0 or done == t.num_steps):
         eval_metrics = run_eval(done)

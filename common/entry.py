@@ -1,0 +1,74 @@
+"""What every `python -m <family>.train` shares: flags, multi-host start-up, data and vocab
+checks, and the work dir layout (resolved config + the tokenizer the run was trained with)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import flags
+from ml_collections import ConfigDict, config_flags
+
+from common import config as config_lib
+from common.vocab import SentencePieceVocab, load_vocab
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
+_PREPARE = flags.DEFINE_bool(
+    "prepare", False, "Build the Debian dataset and train the tokenizer first if missing "
+    "(uses apt-get; root).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for multi-process runs (multi-GPU "
+    "hosts, clusters). On Cloud TPU use --distributed alone: JAX finds the pod itself.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+
+
+def define_config_flag(family: str, default_preset: str):
+  default = os.path.join(config_lib.CONFIG_DIR, f"{family}.py:{default_preset}")
+  return config_flags.DEFINE_config_file("config", default, f"{family} config file[:preset]",
+                                         lock_config=True), default
+
+
+def init_distributed() -> None:
+  """Multi-host start-up; must run before any other JAX call."""
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+
+
+def workdir() -> str:
+  if not _WORKDIR.value:
+    raise ValueError("--workdir is required")
+  return os.path.abspath(os.path.expanduser(_WORKDIR.value))
+
+
+def prepare_if_asked(cfg: ConfigDict) -> None:
+  """With --prepare: build the Debian corpus and its tokenizer when they are missing."""
+  if not _PREPARE.value:
+    return
+  if cfg.data.dataset == "debian":
+    from common.data.debian import prepare_debian  # pylint: disable=g-import-not-at-top
+    prepare_debian(cfg.data.data_dir)
+  if not os.path.exists(cfg.data.tokenizer):
+    from common.tokenizer import train_from_dataset  # pylint: disable=g-import-not-at-top
+    train_from_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.tokenizer,
+                       vocab_size=8000, text_field=cfg.data.text_field)
+
+
+def load_checked_vocab(cfg: ConfigDict, extra_ids: int = 0) -> SentencePieceVocab:
+  """The run's tokenizer; it must fit the model's embedding table."""
+  vocab = load_vocab(cfg.data.tokenizer)
+  if extra_ids and vocab.extra_ids != extra_ids:
+    vocab = SentencePieceVocab(vocab.model_path, extra_ids=extra_ids)
+  if vocab.vocab_size > cfg.model.vocab_size:
+    raise ValueError(f"tokenizer {cfg.data.tokenizer} has {vocab.vocab_size} ids but "
+                     f"model.vocab_size is {cfg.model.vocab_size}; raise model.vocab_size")
+  return vocab
+
+
+def record_run(cfg: ConfigDict, wd: str, vocab: SentencePieceVocab) -> None:
+  """Resolved config and tokenizer go with the checkpoints, so a run is self-describing."""
+  if jax.process_index() == 0:
+    config_lib.save_config(cfg, wd)
+    vocab.save_to(os.path.join(wd, "vocab"))

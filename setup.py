@@ -1,0 +1,42 @@
+"""flax-pretrain: BERT, T5 and GPT pretraining and fine-tuning in JAX/Flax NNX."""
+
+from setuptools import setup
+
+# Compatible ranges, pinned to the minor versions this code is tested with: jax/flax/orbax move
+# fast and their drift is what breaks installs most often.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "chex>=0.1.92,<0.2",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "grain>=0.2.18,<0.3",
+    "array-record>=0.8,<0.9",
+    "sentencepiece>=0.2.1,<0.3",
+    "absl-py>=2.1,<3",
+    "ml-collections>=1.1,<2",
+    "numpy>=2.0,<3",
+    "tensorboardX>=2.6.2,<2.7",
+    "protobuf>=4.25",
+]
+
+setup(
+    name="flax-pretrain",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=["common", "common.data", "bert_flax", "t5x_lite", "gpt_flax", "configs"],
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8,<10", "tensorboard>=2.16,<3"],
+        "bench": ["torch==2.13.0", "transformers>=5.0,<6"],
+        "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    },
+    entry_points={"console_scripts": [
+        "flax-pretrain-gpt=gpt_flax.train:cli",
+        "flax-pretrain-prepare=common.data.prepare:cli",
+        "flax-pretrain-tokenizer=common.tokenizer:cli",
+    ]},
+)
