@@ -24,7 +24,7 @@ from common.vocab import (BOS_ID, CONTROL_SYMBOLS, EOS_ID, PAD_ID, UNK_ID, Sente
 
 
 def _lines(texts: Iterable[str], counter: list[int]) -> Iterator[str]:
-    """One training sentence per non-empty line: SentencePiece skips over-long sentences."""
+    """One training sentence per non-empty line (paragraphs), so few exceed max_sentence_length."""
     for text in texts:
         for line in text.split("\n"):
             if line.strip():
@@ -53,7 +53,7 @@ def train_sentencepiece(texts: Iterable[str], output_path: str, vocab_size: int,
         pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=BOS_ID,
         control_symbols=list(CONTROL_SYMBOLS), byte_fallback=True,
         input_sentence_size=0, shuffle_input_sentence=False, num_threads=num_threads,
-        minloglevel=1)
+        max_sentence_length=1 << 16, minloglevel=1)
     data = model.getvalue()
     atomic_write_bytes(output_path, data)
     meta = dict(metadata or {})
@@ -87,7 +87,8 @@ def main(argv: list[str]) -> None:
     # A seeded subset (kept in source order) bounds training time on big corpora.
     indices = (range(n) if n <= f.max_docs else
                np.sort(np.random.default_rng(f.seed).choice(n, f.max_docs, replace=False)))
-    texts = [get_text(source[int(i)], f.text_field) for i in indices]
+    texts = [get_text(ex, f.text_field) for start in range(0, len(indices), 4096)
+             for ex in source.__getitems__([int(i) for i in indices[start:start + 4096]])]
     start = time.time()
     path = train_sentencepiece(
         texts, f.output, f.vocab_size, model_type=f.model_type, seed=f.seed,

@@ -22,10 +22,11 @@ SPLIT_PLACEHOLDER = "{split}"
 
 
 class Source(Protocol):
-    """grain's RandomAccessDataSource: `len` + integer indexing."""
+    """grain's RandomAccessDataSource (`len` + integer indexing), plus batched reads."""
 
     def __len__(self) -> int: ...
     def __getitem__(self, index: int) -> dict[str, Any]: ...
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]: ...
 
 
 def _decode(value: Any) -> Any:
@@ -48,6 +49,10 @@ class DecodedSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return _decode(self._source[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Many examples at once: ~4x faster than one by one for TFDS ArrayRecord sources."""
+        return [_decode(x) for x in self._source.__getitems__(list(indices))]
 
     def __repr__(self) -> str:
         return f"DecodedSource({self._name}, len={len(self)})"
@@ -76,6 +81,9 @@ class LineSource:
             raise ValueError("%s:%d: expected a JSON object, got %s"
                              % (*self._locations[index], type(example).__name__))
         return example
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return [self[i] for i in indices]
 
 
 def get_text(example: dict[str, Any], field: str) -> str:

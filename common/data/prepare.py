@@ -1,0 +1,37 @@
+"""Fetch and build a dataset once, so training jobs only read it.
+
+  python -m common.data.prepare --dataset=debian --data_dir=DIR
+
+Idempotent: an already prepared dataset is reported, not rebuilt.
+"""
+from __future__ import annotations
+
+import time
+
+from absl import app, flags
+
+DATASETS = ("debian",)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    f = flags.FLAGS
+    if f.dataset not in DATASETS:
+        raise app.UsageError(f"--dataset={f.dataset} cannot be prepared here; choices: {DATASETS} "
+                             "(tfds:/jsonl:/text: specs are read as they are)")
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    from common.data import debian  # pylint: disable=g-import-not-at-top
+
+    tfds.disable_progress_bar()
+    start = time.time()
+    builder = debian.prepare_debian(f.data_dir)
+    splits = {name: info.num_examples for name, info in sorted(builder.info.splits.items())}
+    print(f"{f.dataset}: {splits} ({sum(splits.values())} examples) in {builder.data_dir} "
+          f"[{time.time() - start:.1f}s]; raw apt snapshot in {debian.raw_dir_for(f.data_dir)}")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("dataset", "debian", f"dataset to prepare: {DATASETS}")
+    flags.DEFINE_string("data_dir", None, "where prepared datasets live", required=True)
+    app.run(main)

@@ -1,0 +1,134 @@
+"""lm_dataset: lossless packing, segment-aware inputs, determinism, exact resume, sharding."""
+import json
+
+import grain
+import jax
+import numpy as np
+import pytest
+
+from common.data import pipeline
+from common.vocab import SentencePieceVocab
+from tests.common.test_vocab import synthetic_texts, train_tiny_vocab
+
+SEQ_LEN = 16
+
+
+@pytest.fixture(scope="module")
+def vocab(tmp_path_factory):
+    return SentencePieceVocab(train_tiny_vocab(str(tmp_path_factory.mktemp("vocab"))))
+
+
+@pytest.fixture(scope="module")
+def docs():
+    texts = synthetic_texts(40, seed=1)
+    texts[5] = " ".join(texts[:8])  # one document several rows long
+    texts[9] = ""  # empty document: just eos
+    return [{"text": t, "id": str(i)} for i, t in enumerate(texts)]
+
+
+def _ds(docs, vocab, **kw):
+    args = dict(text_field="text", seq_len=SEQ_LEN, batch_size=4, seed=0)
+    return pipeline.lm_dataset(docs, vocab, **{**args, **kw})
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def _real_tokens(batches):
+    return np.concatenate([b["targets"][b["weights"] == 1] for b in batches]).tolist()
+
+
+def test_packing_keeps_every_token_once_in_shuffled_order(docs, vocab):
+    batches = list(_ds(docs, vocab, batch_size=1, num_epochs=1, seed=3))
+    order = list(grain.MapDataset.source(range(len(docs))).shuffle(3))  # the epoch's doc order
+    expected = [t for i in order for t in vocab.encode(docs[i]["text"]) + [vocab.eos_id]]
+    assert _real_tokens(batches) == expected
+    assert len(batches) == -(-len(expected) // SEQ_LEN)  # the last row is padded, not dropped
+
+
+def test_partial_last_batch_is_dropped_but_nothing_else(docs, vocab):
+    full = _real_tokens(list(_ds(docs, vocab, batch_size=1, num_epochs=1)))
+    got = _real_tokens(list(_ds(docs, vocab, batch_size=4, num_epochs=1)))
+    assert got == full[:len(got)] and len(full) - len(got) < 4 * SEQ_LEN
+
+
+def test_features_are_segment_aware(docs, vocab):
+    for b in _ds(docs, vocab, num_epochs=1, batch_size=1):
+        assert set(b) == {"inputs", "targets", "segment_ids", "positions", "weights"}
+        assert all(v.shape == (1, SEQ_LEN) for v in b.values())
+        assert [b[k].dtype for k in ("inputs", "targets", "segment_ids", "positions", "weights")] \
+            == [np.int32] * 4 + [np.float32]
+        seg, pos, inp, tgt = (b[k][0] for k in ("segment_ids", "positions", "inputs", "targets"))
+        real = seg > 0
+        np.testing.assert_array_equal(b["weights"][0], real.astype(np.float32))
+        assert not np.any(inp[~real]) and not np.any(tgt[~real]) and not np.any(pos[~real])
+        assert seg[0] == 1 and np.all(np.diff(seg[real]) >= 0) and np.all(np.diff(seg[real]) <= 1)
+        for t in range(SEQ_LEN):
+            if not real[t]:
+                continue
+            starts = t == 0 or seg[t] != seg[t - 1]
+            assert pos[t] == (0 if starts else pos[t - 1] + 1)
+            assert inp[t] == (vocab.bos_id if starts else tgt[t - 1])
+
+
+def test_deterministic_for_a_seed(docs, vocab):
+    a, b, c = (_take(iter(_ds(docs, vocab, seed=s)), 6) for s in (0, 0, 1))
+    for x, y in zip(a, b):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    assert any(not np.array_equal(x["targets"], z["targets"]) for x, z in zip(a, c))
+
+
+def test_epochs_are_reshuffled(docs, vocab):
+    tokens = _real_tokens(list(_ds(docs, vocab, batch_size=1, num_epochs=2)))
+    first = _real_tokens(list(_ds(docs, vocab, batch_size=1, num_epochs=1)))
+    second = tokens[len(first):]
+    assert sorted(second) == sorted(first) and second != first
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 7])
+def test_resume_from_json_state_is_bitwise(docs, vocab, k):
+    ds = _ds(docs, vocab, batch_size=2)
+    it = iter(ds)
+    _take(it, k)
+    saved = json.dumps(pipeline.iterator_state_to_json(it.get_state()))
+    rest = _take(it, 12)  # runs into the second epoch
+    resumed = iter(ds)
+    resumed.set_state(pipeline.iterator_state_from_json(json.loads(saved)))
+    for x, y in zip(rest, _take(resumed, 12)):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_state_json_round_trip_keeps_tuples():
+    state = {"a": (-1, -1), "b": [1, (2, 3)], "c": {"d": np.int64(4)}}
+    back = pipeline.iterator_state_from_json(json.loads(json.dumps(
+        pipeline.iterator_state_to_json(state))))
+    assert back == {"a": (-1, -1), "b": [1, (2, 3)], "c": {"d": 4}}
+    assert isinstance(back["a"], tuple)
+
+
+def test_processes_get_disjoint_shards_of_the_global_batch(docs, vocab, monkeypatch):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    shard_tokens = []
+    for index in (0, 1):
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        batches = list(_ds(docs, vocab, batch_size=2, num_epochs=1, shuffle=False))
+        assert batches[0]["targets"].shape == (1, SEQ_LEN)
+        shard_tokens.append(_real_tokens(batches))
+    own = [t for d in docs[0::2] for t in vocab.encode(d["text"]) + [vocab.eos_id]]
+    assert shard_tokens[0] == own
+    everything = [t for d in docs for t in vocab.encode(d["text"]) + [vocab.eos_id]]
+    assert sorted(shard_tokens[0] + shard_tokens[1]) == sorted(everything)
+
+
+def test_clear_errors(docs, vocab, monkeypatch):
+    monkeypatch.setattr(jax, "process_count", lambda: 3)
+    with pytest.raises(ValueError, match="global batch_size 8 is not divisible by the 3 JAX"):
+        _ds(docs, vocab, batch_size=8)
+    assert _ds(docs, vocab, batch_size=8, shard_by_process=False) is not None
+    with pytest.raises(ValueError, match="no field 'body'"):
+        next(iter(_ds(docs, vocab, text_field="body", shard_by_process=False)))
+    with pytest.raises(ValueError, match="seq_len and batch_size must be >= 1"):
+        _ds(docs, vocab, seq_len=0, shard_by_process=False)
