@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from common import sharding
+
 Initializer = Callable[..., jax.Array]
 Shape = int | Sequence[int]
 
@@ -71,10 +73,13 @@ class Embed(nnx.Module):
                init_std: float = 0.02, dtype: jnp.dtype = jnp.float32,
                names: tuple[str, str] = ("vocab", "embed")):
     self.embedding = param(rngs, normal_init(init_std), (num_embeddings, features), names)
-    self.dtype = dtype
+    self.names, self.dtype = names, dtype
 
   def __call__(self, ids: jax.Array) -> jax.Array:
-    return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+    # Gather from a table whose feature dim is whole: the batch dim of `ids` uses the fsdp axis
+    # too, and a gather cannot be partitioned over the same axis twice (XLA would replicate).
+    table = sharding.constrain(self.embedding[...], (self.names[0], None))
+    return jnp.take(table, ids, axis=0).astype(self.dtype)
 
   def attend(self, x_BxLxD: jax.Array) -> jax.Array:
     """Logits against the embedding table, accumulated (and returned) in fp32."""

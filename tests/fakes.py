@@ -19,9 +19,11 @@ class SyntheticLM:
   def global_batch(self, i: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([self.seed, i])
     b, length = self.batch, self.seq_len
-    # A learnable pattern: each document repeats a short random motif.
-    motif = rng.integers(4, self.vocab, (b, 5))
-    targets = np.concatenate([motif] * (length // 5 + 1), axis=1)[:, :length].astype(np.int32)
+    # A learnable pattern: a fixed bigram chain (next = 5 * prev + 1 mod vocab) from random starts.
+    targets = np.zeros((b, length), np.int32)
+    targets[:, 0] = rng.integers(4, self.vocab, b)
+    for i in range(1, length):
+      targets[:, i] = (5 * targets[:, i - 1] + 1) % self.vocab
     cut = length // 2 + 3
     segment_ids = np.where(np.arange(length) < cut, 1, 2)[None].repeat(b, 0).astype(np.int32)
     segment_ids[0, -4:] = 0  # some padding
