@@ -45,9 +45,9 @@ def lm_dataset(source: Source, vocab: Vocabulary, *, text_field: str, seq_len: i
     """Batches of [batch_size // process_count, seq_len] packed rows for this JAX process.
 
     `batch_size` is global. `num_epochs=None` repeats forever; with a finite count the last
-    partial batch is dropped. Iterate with `iter(ds)`; its get_state()/set_state() resume exactly
-    (see iterator_state_to_json for saving the state as JSON). Reading + tokenizing runs in
-    `read_options` threads (default READ_OPTIONS) of this process; no worker processes.
+    partial batch is dropped. Iterate with `iter(ds)`; its get_state() is plain JSON and
+    set_state() resumes exactly (so grain.checkpoint.CheckpointSave works). Reading and
+    tokenizing run in `read_options` threads (default READ_OPTIONS); no worker processes.
     """
     if seq_len < 1 or batch_size < 1:
         raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
@@ -73,14 +73,32 @@ def lm_dataset(source: Source, vocab: Vocabulary, *, text_field: str, seq_len: i
     it = ds.map(tokenize).to_iter_dataset(read_options or READ_OPTIONS)  # drops None (empty doc)
     it = grain.experimental.ConcatThenSplitIterDataset(it, length_struct={"targets": seq_len})
     it = it.batch(batch_size // shards, drop_remainder=True)
-    return it.map(lambda b: _finalize(b, vocab.bos_id, vocab.pad_id))
+    return _JsonStateIterDataset(it.map(lambda b: _finalize(b, vocab.bos_id, vocab.pad_id)))
+
+
+class _JsonStateIterator(grain.DatasetIterator):
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._parent)
+
+    def get_state(self) -> dict[str, Any]:
+        return iterator_state_to_json(self._parent.get_state())
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(iterator_state_from_json(state))
+
+
+class _JsonStateIterDataset(grain.IterDataset):
+    """Gives iterators a JSON-safe state, so any JSON checkpointer resumes exactly."""
+
+    def __iter__(self) -> _JsonStateIterator:
+        return _JsonStateIterator(self._parent.__iter__())
 
 
 def iterator_state_to_json(state: Any) -> Any:
-    """grain iterator state -> JSON-safe value (e.g. for Orbax `ocp.args.JsonSave`).
+    """grain iterator state -> JSON-safe value, with tuples tagged.
 
-    Needed because the packing state holds tuples that JSON would turn into lists, and restoring
-    from lists silently mis-resumes; tuples are tagged so `iterator_state_from_json` restores them.
+    Needed because ConcatThenSplit's state holds tuples ((-1, -1) = "no remainder"); after a plain
+    JSON round trip they come back as lists, and set_state then silently skips a document.
     """
     if isinstance(state, tuple):
         return {_TUPLE: [iterator_state_to_json(v) for v in state]}
@@ -98,7 +116,7 @@ def iterator_state_to_json(state: Any) -> Any:
 
 
 def iterator_state_from_json(value: Any) -> Any:
-    """Inverse of iterator_state_to_json: pass the result to `iterator.set_state`."""
+    """Inverse of iterator_state_to_json (values that were never tagged pass through)."""
     if isinstance(value, dict):
         if set(value) == {_TUPLE}:
             return tuple(iterator_state_from_json(v) for v in value[_TUPLE])

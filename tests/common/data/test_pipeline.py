@@ -35,6 +35,14 @@ def _take(iterator, n):
     return [next(iterator) for _ in range(n)]
 
 
+def _assert_same(batches_a, batches_b):
+    assert len(batches_a) == len(batches_b)
+    for x, y in zip(batches_a, batches_b):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+
+
 def _real_tokens(batches):
     return np.concatenate([b["targets"][b["weights"] == 1] for b in batches]).tolist()
 
@@ -74,10 +82,14 @@ def test_features_are_segment_aware(docs, vocab):
 
 def test_deterministic_for_a_seed(docs, vocab):
     a, b, c = (_take(iter(_ds(docs, vocab, seed=s)), 6) for s in (0, 0, 1))
-    for x, y in zip(a, b):
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k])
+    _assert_same(a, b)
     assert any(not np.array_equal(x["targets"], z["targets"]) for x, z in zip(a, c))
+
+
+def test_without_eos_empty_documents_vanish(docs, vocab):
+    tokens = _real_tokens(list(_ds(docs, vocab, batch_size=1, num_epochs=1, shuffle=False,
+                                   add_eos=False)))
+    assert tokens == [t for d in docs for t in vocab.encode(d["text"])]
 
 
 def test_epochs_are_reshuffled(docs, vocab):
@@ -88,17 +100,28 @@ def test_epochs_are_reshuffled(docs, vocab):
 
 
 @pytest.mark.parametrize("k", [0, 1, 3, 7])
-def test_resume_from_json_state_is_bitwise(docs, vocab, k):
+def test_resume_from_plain_json_state_is_bitwise(docs, vocab, k):
     ds = _ds(docs, vocab, batch_size=2)
     it = iter(ds)
     _take(it, k)
-    saved = json.dumps(pipeline.iterator_state_to_json(it.get_state()))
+    saved = json.dumps(it.get_state())  # the state is plain JSON: what checkpointers write
     rest = _take(it, 12)  # runs into the second epoch
     resumed = iter(ds)
-    resumed.set_state(pipeline.iterator_state_from_json(json.loads(saved)))
-    for x, y in zip(rest, _take(resumed, 12)):
-        for key in x:
-            np.testing.assert_array_equal(x[key], y[key])
+    resumed.set_state(json.loads(saved))
+    _assert_same(rest, _take(resumed, 12))
+
+
+def test_resume_through_grain_orbax_checkpoint_handler(docs, vocab, tmp_path):
+    from grain import checkpoint  # pylint: disable=g-import-not-at-top
+
+    ds = _ds(docs, vocab, batch_size=2)
+    it = iter(ds)
+    _take(it, 3)  # a state with no packing remainder: the case plain JSON used to break
+    checkpoint.CheckpointHandler().save(tmp_path, item=it)
+    assert [p.name for p in tmp_path.iterdir()] == ["process_0-of-1.json"]
+    rest = _take(it, 6)
+    restored = checkpoint.CheckpointHandler().restore(tmp_path, item=iter(ds))
+    _assert_same(rest, _take(restored, 6))
 
 
 def test_state_json_round_trip_keeps_tuples():
