@@ -24,7 +24,7 @@ _SENTINEL_RE = re.compile(r"<extra_id_(\d+)>")
 
 @runtime_checkable
 class Vocabulary(Protocol):
-    """What models and data pipelines may rely on; a HF `tokenizers` backend would implement it too."""
+    """What models and pipelines may rely on; a HF `tokenizers` backend would implement it too."""
 
     vocab_size: int
     pad_id: int
@@ -92,7 +92,8 @@ class SentencePieceVocab:
         i = self._sp.piece_to_id(piece)
         if i == self.unk_id or not self._sp.is_control(i):
             raise ValueError(f"SentencePiece model '{self.model_path}' has no control symbol "
-                             f"{piece!r}; retrain it with common.tokenizer (adds {CONTROL_SYMBOLS})")
+                             f"{piece!r}; retrain it with common.tokenizer (it adds "
+                             f"{CONTROL_SYMBOLS})")
         return i
 
     @property
@@ -116,7 +117,7 @@ class SentencePieceVocab:
         return self._sp.encode(list(texts), out_type=int)
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text for `ids`, stopping at the first eos, dropping pad; sentinels print as <extra_id_N>."""
+        """Text for `ids`: stops at the first eos, drops pad, prints sentinels as <extra_id_N>."""
         parts: list[str] = []
         run: list[int] = []
 
@@ -145,7 +146,7 @@ class SentencePieceVocab:
         return "".join(parts)
 
     def piece_to_id(self, piece: str) -> int:
-        """Id of a piece (or '<extra_id_N>'); unknown pieces raise instead of silently mapping to unk."""
+        """Id of a piece or '<extra_id_N>'; unknown pieces raise rather than silently become unk."""
         m = _SENTINEL_RE.fullmatch(piece)
         if m:
             return self.sentinel_id(int(m.group(1)))
@@ -185,7 +186,7 @@ def load_vocab(path_or_dir: str) -> SentencePieceVocab:
     if os.path.isdir(path):
         models = sorted(glob.glob(os.path.join(path, "*.model")))
         if len(models) != 1:
-            raise FileNotFoundError(f"expected exactly one *.model in '{path}', found {len(models)}: "
+            raise FileNotFoundError(f"expected exactly one *.model in '{path}', found "
                                     f"{[os.path.basename(m) for m in models]}")
         path = models[0]
     extra_ids = 0

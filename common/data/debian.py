@@ -55,7 +55,7 @@ def _apt_list_text(list_path: str) -> Iterator[bytes]:
         assert proc.stdout is not None
         yield from proc.stdout
     if proc.returncode:
-        raise RuntimeError(f"'{APT_HELPER} cat-file {list_path}' failed with exit code {proc.returncode}")
+        raise RuntimeError(f"'{APT_HELPER} cat-file {list_path}' failed (exit {proc.returncode})")
 
 
 def _apt_source_lines() -> list[str]:
@@ -81,8 +81,8 @@ def _release_date(in_release: str) -> str | None:
 def fetch_debian_translations(raw_dir: str) -> list[str]:
     """Run `apt-get update` (root) and snapshot its English descriptions into `raw_dir`."""
     if os.geteuid() != 0:
-        raise PermissionError("fetching Debian descriptions runs 'apt-get update', which needs root; "
-                              f"run as root or copy an existing raw dir to {raw_dir}")
+        raise PermissionError("fetching Debian descriptions runs 'apt-get update', which needs "
+                              f"root; run as root or copy an existing raw dir to {raw_dir}")
     done = subprocess.run(APT_UPDATE, capture_output=True, text=True)
     if done.returncode:
         tail = (done.stderr.strip().splitlines() or ["no stderr"])[-1]
@@ -115,7 +115,8 @@ def snapshot_apt_lists(raw_dir: str, lists_dir: str = APT_LISTS_DIR) -> list[str
             dst = os.path.join(tmp, _plain_name(src))
             with open(dst, "wb") as out:
                 for line in _apt_list_text(src):
-                    if not is_packages or line.startswith((b"Package:", b"Source:")) or not line.strip():
+                    keep = line.startswith((b"Package:", b"Source:")) or not line.strip()
+                    if keep or not is_packages:
                         out.write(line)
             files.append({"file": os.path.basename(dst), "sha256": _sha256(dst),
                           "bytes": os.path.getsize(dst),
@@ -125,8 +126,8 @@ def snapshot_apt_lists(raw_dir: str, lists_dir: str = APT_LISTS_DIR) -> list[str
         releases = [{"apt_list": p, "sha256": _sha256(p), "date": _release_date(p)}
                     for p in sorted(glob.glob(os.path.join(lists_dir, "*_InRelease")))]
         provenance = {
-            "what": "Debian package descriptions (Translation-en) and binary->source map (Packages)",
-            "fetched_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "what": "Debian package descriptions (Translation-en), binary->source map (Packages)",
+            "fetched_at": datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds"),
             "command": " ".join(APT_UPDATE),
             "apt_sources": _apt_source_lines(),
             "releases": releases,
@@ -159,7 +160,8 @@ def deb822_stanzas(path: str) -> Iterator[dict[str, list[str]]]:
                 fields, key = {}, None
             elif line[0] in " \t":
                 if key is None:
-                    raise ValueError(f"{path}:{lineno}: continuation line outside a field: {line!r}")
+                    raise ValueError(f"{path}:{lineno}: continuation line outside a field: "
+                                     f"{line!r}")
                 fields[key].append(line[1:])
             else:
                 key, colon, value = line.partition(":")

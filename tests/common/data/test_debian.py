@@ -130,7 +130,8 @@ def test_provenance_next_to_raw_and_dataset(built):
                               "mirror_dists_suite_main_binary-amd64_Packages"}
         assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in files.values())
         assert prov["releases"][0]["date"] == "Sat, 01 Jan 2000 00:00:00 UTC"
-        reduced = open(os.path.join(raw_dir, "mirror_dists_suite_main_binary-amd64_Packages")).read()
+        packages = os.path.join(raw_dir, "mirror_dists_suite_main_binary-amd64_Packages")
+        reduced = open(packages).read()
         assert "Version:" not in reduced and "Source: src001 (1.1-1)" in reduced
 
 

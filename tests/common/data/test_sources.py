@@ -82,5 +82,5 @@ def test_tfds_catalog_through_mock_data(tmp_path):
 def test_tfds_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown TFDS dataset 'no_such_dataset_xyz'"):
         sources.open_source("tfds:no_such_dataset_xyz", "train", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="'tfds:imdb_reviews' is not prepared.*array_record"):
+    with pytest.raises(FileNotFoundError, match="'tfds:imdb_reviews' is not prepared.*array_rec"):
         sources.open_source("tfds:imdb_reviews", "train", str(tmp_path))
