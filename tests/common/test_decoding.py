@@ -1,0 +1,49 @@
+"""Sampling filters and the decode loop on a toy step function."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from common import decoding
+
+
+def test_top_k_one_is_greedy():
+  logits = jax.random.normal(jax.random.key(0), (4, 50))
+  for seed in range(3):
+    tok = decoding.sample_token(logits, jax.random.key(seed), temperature=1.0, top_k=1, top_p=1.0)
+    np.testing.assert_array_equal(tok, jnp.argmax(logits, -1))
+
+
+def test_top_p_keeps_smallest_set_reaching_p():
+  probs = jnp.array([[0.5, 0.3, 0.15, 0.05]])
+  kept = decoding.filter_logits(jnp.log(probs), top_p=0.8) > -1e30
+  np.testing.assert_array_equal(kept, [[True, True, False, False]])  # 0.5+0.3 reaches 0.8
+  kept = decoding.filter_logits(jnp.log(probs), top_p=0.81) > -1e30
+  np.testing.assert_array_equal(kept, [[True, True, True, False]])
+  kept = decoding.filter_logits(jnp.log(probs), top_p=0.4) > -1e30
+  np.testing.assert_array_equal(kept, [[True, False, False, False]])
+
+
+def test_left_pad_and_errors():
+  tokens, mask = decoding.left_pad([[5, 6, 7], [8]])
+  np.testing.assert_array_equal(tokens, [[5, 6, 7], [0, 0, 8]])
+  np.testing.assert_array_equal(mask, [[1, 1, 1], [0, 0, 1]])
+  with pytest.raises(ValueError, match="at least one token"):
+    decoding.left_pad([[1], []])
+
+
+def test_generate_stops_at_eos_and_pads():
+  """A step function that always predicts last_token + 1; EOS (id 1) ends a row."""
+  vocab = 20
+
+  def step_fn(tokens, positions, segment_ids, cache):
+    nxt = (tokens + 1) % vocab
+    nxt = jnp.where(tokens == 4, 1, nxt)  # after 4 comes EOS
+    return jax.nn.one_hot(nxt, vocab) * 10, cache
+
+  prompt, mask = decoding.left_pad([[2], [10, 11]])
+  out, lengths = decoding.generate(step_fn, None, jnp.asarray(prompt), jnp.asarray(mask),
+                                   max_new_tokens=5, key=jax.random.key(0), eos_id=1)
+  np.testing.assert_array_equal(out, [[3, 4, 1, 0, 0], [12, 13, 14, 15, 16]])
+  np.testing.assert_array_equal(lengths, [3, 5])
