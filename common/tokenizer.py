@@ -106,7 +106,8 @@ def main(argv: list[str]) -> None:
     print("tokens per document:", json.dumps(stats))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point; flags are defined here so importing this module defines none."""
     flags.DEFINE_string("dataset", None, "dataset spec (see common.data.sources)", required=True)
     flags.DEFINE_string("data_dir", None, "where prepared datasets live", required=True)
     flags.DEFINE_string("output", None, "output model path, ending in .model", required=True)
@@ -118,3 +119,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("seed", 0, "seed for sampling documents and for SentencePiece")
     flags.DEFINE_integer("num_threads", 2, "trainer threads (part of what makes output identical)")
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -31,7 +31,12 @@ def main(argv: list[str]) -> None:
           f"[{time.time() - start:.1f}s]; raw apt snapshot in {debian.raw_dir_for(f.data_dir)}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point; flags are defined here so importing this module defines none."""
     flags.DEFINE_string("dataset", "debian", f"dataset to prepare: {DATASETS}")
     flags.DEFINE_string("data_dir", None, "where prepared datasets live", required=True)
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()
