@@ -1,7 +1,8 @@
 """Orbax checkpoints: async saves, keep-last-N, resume with data position, any-mesh restore.
 
 A checkpoint step holds four items: `params` (alone, so fine-tuning and weight conversion load
-just them), `opt_state` (with the step), `data` (the input iterator's state, JSON) and `meta`
+just them), `opt_state` (with the step), `data` (the input iterator's state: grain writes one
+JSON file per process, so multi-host runs resume every host's shard) and `meta`
 (the model's identity, so a work dir is never silently resumed with a different model).
 Orbax writes each step to a temporary directory and renames it when complete, so a crash
 mid-save never leaves a checkpoint that looks whole.
@@ -14,6 +15,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from grain import checkpoint as grain_ckpt
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
@@ -57,25 +59,25 @@ class Checkpointer:
       raise ValueError(f"work dir {self.directory} holds a checkpoint of a different model "
                        f"({'; '.join(diffs[:5])}); use a new --workdir")
 
-  def save(self, step: int, state: dict, data_state: Any, identity: dict, *,
+  def save(self, step: int, state: dict, data_iter: Any, identity: dict, *,
            force: bool = False) -> bool:
     return self.manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state["params"]),
         opt_state=ocp.args.StandardSave({"step": state["step"], "opt_state": state["opt_state"]}),
-        data=ocp.args.JsonSave(data_state),
+        data=grain_ckpt.CheckpointSave(data_iter),
         meta=ocp.args.JsonSave({"identity": identity, "step": int(step)})), force=force)
 
-  def restore(self, step: int, abstract_state: dict, shardings: dict) -> tuple[dict, Any]:
-    """Restores onto `shardings` (any mesh: Orbax reshards on read)."""
+  def restore(self, step: int, abstract_state: dict, shardings: dict, data_iter: Any) -> dict:
+    """Restores onto `shardings` (any mesh: Orbax reshards on read); `data_iter` is moved to
+    the saved position in place."""
     target = _abstract(abstract_state, shardings)
     out = self.manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(target["params"]),
         opt_state=ocp.args.StandardRestore({"step": target["step"],
                                             "opt_state": target["opt_state"]}),
-        data=ocp.args.JsonRestore()))
-    state = {"step": out["opt_state"]["step"], "params": out["params"],
-             "opt_state": out["opt_state"]["opt_state"]}
-    return state, out["data"]
+        data=grain_ckpt.CheckpointRestore(data_iter)))
+    return {"step": out["opt_state"]["step"], "params": out["params"],
+            "opt_state": out["opt_state"]["opt_state"]}
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

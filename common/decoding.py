@@ -50,8 +50,15 @@ def filter_logits(logits_BxV: jax.Array, *, top_k: int = 0, top_p: float = 1.0) 
 
 
 def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, top_k: int,
-                 top_p: float) -> jax.Array:
-  """Greedy when temperature == 0, else sampling from the filtered, tempered distribution."""
+                 top_p: float, vocab_size: int | None = None) -> jax.Array:
+  """Greedy when temperature == 0, else sampling from the filtered, tempered distribution.
+
+  `vocab_size` excludes the embedding rows past the tokenizer's vocabulary (tables are padded
+  to a multiple of 128 for speed; those ids decode to nothing).
+  """
+  if vocab_size is not None and vocab_size < logits_BxV.shape[-1]:
+    valid = jnp.arange(logits_BxV.shape[-1]) < vocab_size
+    logits_BxV = jnp.where(valid, logits_BxV, jnp.finfo(logits_BxV.dtype).min)
   if temperature == 0.0:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
   logits = filter_logits(logits_BxV.astype(jnp.float32) / temperature, top_k=top_k, top_p=top_p)
@@ -60,8 +67,8 @@ def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, t
 
 def generate(step_fn: StepFn, cache: Any, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, *,
              max_new_tokens: int, key: jax.Array, eos_id: int, pad_id: int = 0,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0
-             ) -> tuple[jax.Array, jax.Array]:
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             vocab_size: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Prefills the prompt, then decodes one token per step until EOS or `max_new_tokens`.
 
   Returns (tokens [B, max_new_tokens] padded with `pad_id` after EOS, lengths [B] counting
@@ -78,7 +85,8 @@ def generate(step_fn: StepFn, cache: Any, prompt_BxP: jax.Array, prompt_mask_BxP
   def body(carry):
     i, last_logits, cache, out, done, lengths, key = carry
     key, sub = jax.random.split(key)
-    tok = sample_token(last_logits, sub, temperature=temperature, top_k=top_k, top_p=top_p)
+    tok = sample_token(last_logits, sub, temperature=temperature, top_k=top_k, top_p=top_p,
+                       vocab_size=vocab_size)
     tok = jnp.where(done, pad_id, tok)
     out = out.at[:, i].set(tok)
     lengths = lengths + (~done).astype(jnp.int32)

@@ -43,10 +43,12 @@ def workdir() -> str:
   return os.path.abspath(os.path.expanduser(_WORKDIR.value))
 
 
-def prepare_if_asked(cfg: ConfigDict) -> None:
-  """With --prepare: build the Debian corpus and its tokenizer when they are missing."""
-  if not _PREPARE.value:
-    return
+def prepare_requested() -> bool:
+  return _PREPARE.value
+
+
+def prepare_data(cfg: ConfigDict) -> None:
+  """Builds the Debian corpus and trains its tokenizer when they are missing (--prepare)."""
   if cfg.data.dataset == "debian":
     from common.data.debian import prepare_debian  # pylint: disable=g-import-not-at-top
     prepare_debian(cfg.data.data_dir)

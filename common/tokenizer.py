@@ -77,24 +77,24 @@ def token_stats(vocab: SentencePieceVocab, texts: list[str]) -> dict[str, float]
             "chars_per_token": round(chars / max(int(counts.sum()), 1), 2)}
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def train_from_dataset(dataset: str, data_dir: str, output: str, *, vocab_size: int = 8000,
+                       text_field: str = "text", split: str = "train", max_docs: int = 200_000,
+                       model_type: str = "unigram", seed: int = 0, num_threads: int = 2) -> str:
+    """Train on (a seeded sample of) a dataset split; records provenance and token stats."""
     from common.data.sources import get_text, open_source  # pylint: disable=g-import-not-at-top
 
-    f = flags.FLAGS
-    source = open_source(f.dataset, f.split, f.data_dir)
+    source = open_source(dataset, split, data_dir)
     n = len(source)
     # A seeded subset (kept in source order) bounds training time on big corpora.
-    indices = (range(n) if n <= f.max_docs else
-               np.sort(np.random.default_rng(f.seed).choice(n, f.max_docs, replace=False)))
-    texts = [get_text(ex, f.text_field) for start in range(0, len(indices), 4096)
+    indices = (range(n) if n <= max_docs else
+               np.sort(np.random.default_rng(seed).choice(n, max_docs, replace=False)))
+    texts = [get_text(ex, text_field) for start in range(0, len(indices), 4096)
              for ex in source.__getitems__([int(i) for i in indices[start:start + 4096]])]
     start = time.time()
     path = train_sentencepiece(
-        texts, f.output, f.vocab_size, model_type=f.model_type, seed=f.seed,
-        num_threads=f.num_threads,
-        metadata={"dataset": f.dataset, "data_dir": f.data_dir, "split": f.split,
-                  "text_field": f.text_field, "n_docs": len(texts), "source_docs": n})
+        texts, output, vocab_size, model_type=model_type, seed=seed, num_threads=num_threads,
+        metadata={"dataset": dataset, "data_dir": data_dir, "split": split,
+                  "text_field": text_field, "n_docs": len(texts), "source_docs": n})
     seconds = time.time() - start
     stats = token_stats(SentencePieceVocab(path), texts)
     with open(sidecar_path(path)) as fh:
@@ -102,8 +102,17 @@ def main(argv: list[str]) -> None:
     meta["token_stats"] = stats
     atomic_write_bytes(sidecar_path(path), json.dumps(meta, indent=2).encode())
     print(f"wrote {path} (+ {sidecar_path(path)}) in {seconds:.1f}s from {len(texts)} of {n} "
-          f"{f.dataset}:{f.split} documents ({meta['n_sentences']} lines)")
+          f"{dataset}:{split} documents ({meta['n_sentences']} lines)")
     print("tokens per document:", json.dumps(stats))
+    return path
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    f = flags.FLAGS
+    train_from_dataset(f.dataset, f.data_dir, f.output, vocab_size=f.vocab_size,
+                       text_field=f.text_field, split=f.split, max_docs=f.max_docs,
+                       model_type=f.model_type, seed=f.seed, num_threads=f.num_threads)
 
 
 def cli() -> None:

@@ -29,7 +29,6 @@ from ml_collections import ConfigDict
 
 from common import sharding
 from common.checkpoint import Checkpointer, load_params
-from common.data.pipeline import iterator_state_from_json, iterator_state_to_json
 from common.metrics import MetricsWriter, peak_flops
 from common.optim import make_optimizer, make_schedule
 
@@ -267,7 +266,7 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
           on_start: Callable[[], None] | None = None) -> TrainResult:
   """Runs (or resumes) training in `workdir` until `cfg.train.num_steps`.
 
-  `make_train_iter()` returns a grain iterator (with get_state/set_state) of host-local
+  `make_train_iter()` returns a grain iterator (get_state/set_state) of host-local
   batches; its state is checkpointed with the model so a resumed run continues on exactly
   the data it would have seen. `init_params_from` loads params only (fine-tuning) when the
   work dir has no checkpoint yet; the step then continues from the loaded checkpoint's.
@@ -286,8 +285,7 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
   train_iter = make_train_iter()
   latest = ckpt.latest_step()
   if latest is not None:
-    state, data_state = ckpt.restore(latest, setup.abstract_state, setup.state_shardings)
-    train_iter.set_state(iterator_state_from_json(data_state))
+    state = ckpt.restore(latest, setup.abstract_state, setup.state_shardings, train_iter)
   else:
     state = init_state(setup)
     if init_params_from:
@@ -347,8 +345,7 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
         t0, tokens_since, step_t0 = time.time(), 0.0, done
       if done % t.checkpoint_every == 0 or done == t.num_steps:
         flush_pending()
-        ckpt.save(done, state, iterator_state_to_json(train_iter.get_state()), identity,
-                  force=True)
+        ckpt.save(done, state, train_iter, identity, force=True)
         last_ckpt = done
       if make_eval_iter is not None and (done % t.eval_every == 0 or done == t.num_steps):
         eval_metrics = run_eval(done)

@@ -20,9 +20,10 @@ from gpt_flax.model import GPTModel
 _CONFIG, _DEFAULT_CONFIG = entry.define_config_flag("gpt", "demo")
 
 
-def run(cfg, workdir: str) -> trainer.TrainResult:
+def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
   """Pretrain, evaluate and sample; returns the trainer's result (used by tests and scripts)."""
-  entry.prepare_if_asked(cfg)
+  if prepare:
+    entry.prepare_data(cfg)
   vocab = entry.load_checked_vocab(cfg)
   d = cfg.data
 
@@ -56,7 +57,7 @@ def run(cfg, workdir: str) -> trainer.TrainResult:
 def main(argv) -> None:
   del argv
   entry.init_distributed()
-  run(_CONFIG.value, entry.workdir())
+  run(_CONFIG.value, entry.workdir(), prepare=entry.prepare_requested())
 
 
 def cli() -> None:

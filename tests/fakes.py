@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 
@@ -46,8 +48,11 @@ class SyntheticLM:
     rows = self.batch // n
     return {k: v[p * rows:(p + 1) * rows] for k, v in full.items()}
 
-  def get_state(self) -> dict:
-    return {"i": self.i}
+  def get_state(self) -> bytes:  # grain's iterator-state protocol for non-grain iterators
+    return json.dumps({"i": self.i}).encode()
 
-  def set_state(self, state: dict) -> None:
-    self.i = state["i"]
+  def set_state(self, state: bytes) -> None:
+    self.i = json.loads(state)["i"]
+
+  def start_prefetch(self) -> None:  # part of the same protocol; nothing to prefetch
+    pass

@@ -7,6 +7,7 @@ import pytest
 from common import checkpoint, sharding, trainer
 from configs.gpt import get_config
 from gpt_flax.model import GPTModel
+from tests.fakes import SyntheticLM
 
 
 def _setup(cfg, shape, devices=None):
@@ -19,13 +20,16 @@ def test_restore_onto_another_mesh(tmp_path, target):
   src = _setup(cfg, (2, 1, 4))
   state = trainer.init_state(src)
   ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
-  ckpt.save(1, state, {"i": 1}, {"family": "gpt"}, force=True)
+  data = SyntheticLM()
+  next(data)
+  ckpt.save(1, state, data, {"family": "gpt"}, force=True)
   ckpt.close()
   shape, ndev = target
   dst = _setup(cfg, shape, jax.devices()[:ndev] if ndev else None)
-  restored, data = checkpoint.Checkpointer(str(tmp_path)).restore(
-      1, dst.abstract_state, dst.state_shardings)
-  assert data == {"i": 1}
+  resumed = SyntheticLM()
+  restored = checkpoint.Checkpointer(str(tmp_path)).restore(
+      1, dst.abstract_state, dst.state_shardings, resumed)
+  assert resumed.i == 1
   for a, b, s in zip(jax.tree.leaves(state), jax.tree.leaves(restored),
                      jax.tree.leaves(dst.state_shardings)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -37,7 +41,7 @@ def test_load_params_only(tmp_path):
   setup = _setup(cfg, (2, 2, 2))
   state = trainer.init_state(setup)
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
-  ckpt.save(7, state, {}, {"family": "gpt"}, force=True)
+  ckpt.save(7, state, SyntheticLM(), {"family": "gpt"}, force=True)
   ckpt.close()
   params, step, meta = checkpoint.load_params(str(tmp_path), setup.abstract_state["params"],
                                               setup.state_shardings["params"])

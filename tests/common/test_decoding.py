@@ -47,3 +47,11 @@ def test_generate_stops_at_eos_and_pads():
                                    max_new_tokens=5, key=jax.random.key(0), eos_id=1)
   np.testing.assert_array_equal(out, [[3, 4, 1, 0, 0], [12, 13, 14, 15, 16]])
   np.testing.assert_array_equal(lengths, [3, 5])
+
+
+def test_ids_past_the_tokenizer_vocabulary_are_never_sampled():
+  logits = jnp.zeros((2, 10)).at[:, 8:].set(100.0)  # padded embedding rows would win
+  for temperature in (0.0, 1.0):
+    tok = decoding.sample_token(logits, jax.random.key(0), temperature=temperature, top_k=0,
+                                top_p=1.0, vocab_size=8)
+    assert np.all(np.asarray(tok) < 8)
