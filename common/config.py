@@ -66,7 +66,7 @@ def check_key(config: ConfigDict, dotted: str) -> None:
 
 
 def check_overrides(argv: Sequence[str], default_spec: str, flag: str = "config") -> None:
-  """Validates every `--config.a.b=v` in argv against the selected config file."""
+  """Loads the selected config file[:preset] and checks every `--config.a.b=v` key in argv."""
   spec = default_spec
   overrides = []
   for arg in argv[1:]:
@@ -74,8 +74,6 @@ def check_overrides(argv: Sequence[str], default_spec: str, flag: str = "config"
       spec = arg.split("=", 1)[1]
     elif arg.startswith(f"--{flag}."):
       overrides.append(arg[len(flag) + 3:].split("=", 1)[0])
-  if not overrides:
-    return
   config = load_config_file(spec)
   for key in overrides:
     check_key(config, key)
