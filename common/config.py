@@ -16,7 +16,6 @@ from typing import Sequence
 from ml_collections import ConfigDict
 
 DEFAULT_DATA_DIR = os.environ.get("FLAX_PRETRAIN_DATA", os.path.expanduser("~/.cache/flax_pretrain"))
-DEFAULT_TOKENIZER = os.path.join(DEFAULT_DATA_DIR, "tokenizers", "debian_sp8k.model")
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
@@ -26,7 +25,7 @@ def base_config() -> ConfigDict:
   c.seed = 0
   c.model = ConfigDict()
   c.data = ConfigDict(dict(
-      dataset="debian", data_dir=DEFAULT_DATA_DIR, tokenizer=DEFAULT_TOKENIZER, text_field="text",
+      dataset="debian", data_dir=DEFAULT_DATA_DIR, tokenizer="", text_field="text",
       train_split="train", eval_split="validation", seq_len=128, shuffle=True))
   c.train = ConfigDict(dict(
       batch_size=8, num_steps=1000, grad_accum_steps=1, log_every=10, eval_every=500,
@@ -39,6 +38,11 @@ def base_config() -> ConfigDict:
   c.loss = ConfigDict(dict(z_loss=0.0, label_smoothing=0.0))
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules="fsdp_tp"))
   return c
+
+
+def tokenizer_path(data_cfg: ConfigDict) -> str:
+  """`data.tokenizer`, or by default the Debian tokenizer that `--prepare` trains in data_dir."""
+  return data_cfg.tokenizer or os.path.join(data_cfg.data_dir, "tokenizers", "debian_sp8k.model")
 
 
 def load_config_file(spec: str) -> ConfigDict:

@@ -52,19 +52,19 @@ def prepare_data(cfg: ConfigDict) -> None:
   if cfg.data.dataset == "debian":
     from common.data.debian import prepare_debian  # pylint: disable=g-import-not-at-top
     prepare_debian(cfg.data.data_dir)
-  if not os.path.exists(cfg.data.tokenizer):
+  if not os.path.exists(config_lib.tokenizer_path(cfg.data)):
     from common.tokenizer import train_from_dataset  # pylint: disable=g-import-not-at-top
-    train_from_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.tokenizer,
+    train_from_dataset(cfg.data.dataset, cfg.data.data_dir, config_lib.tokenizer_path(cfg.data),
                        vocab_size=8000, text_field=cfg.data.text_field)
 
 
 def load_checked_vocab(cfg: ConfigDict, extra_ids: int = 0) -> SentencePieceVocab:
   """The run's tokenizer; it must fit the model's embedding table."""
-  vocab = load_vocab(cfg.data.tokenizer)
+  vocab = load_vocab(config_lib.tokenizer_path(cfg.data))
   if extra_ids and vocab.extra_ids != extra_ids:
     vocab = SentencePieceVocab(vocab.model_path, extra_ids=extra_ids)
   if vocab.vocab_size > cfg.model.vocab_size:
-    raise ValueError(f"tokenizer {cfg.data.tokenizer} has {vocab.vocab_size} ids but "
+    raise ValueError(f"tokenizer {config_lib.tokenizer_path(cfg.data)} has {vocab.vocab_size} ids but "
                      f"model.vocab_size is {cfg.model.vocab_size}; raise model.vocab_size")
   return vocab
 

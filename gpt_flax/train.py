@@ -24,8 +24,9 @@ def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
   """Pretrain, evaluate and sample; returns the trainer's result (used by tests and scripts)."""
   if prepare:
     entry.prepare_data(cfg)
-  vocab = entry.load_checked_vocab(cfg)
   d = cfg.data
+  open_source(d.dataset, d.train_split, d.data_dir)  # a missing dataset fails before anything
+  vocab = entry.load_checked_vocab(cfg)
 
   def make_iter(split: str, *, train: bool):
     source = open_source(d.dataset, split, d.data_dir)
@@ -34,7 +35,6 @@ def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
                     num_epochs=None if train else 1)
     return iter(ds)
 
-  make_iter(d.train_split, train=True)  # fail fast on a missing dataset/split before compiling
   result = trainer.train(
       GPTModel(cfg), cfg, workdir,
       make_train_iter=lambda: make_iter(d.train_split, train=True),
