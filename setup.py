@@ -29,7 +29,7 @@ setup(
     packages=["common", "common.data", "bert_flax", "t5x_lite", "gpt_flax", "configs"],
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8,<10", "tensorboard>=2.16,<3"],
+        "test": ["pytest>=8,<10", "tensorboard>=2.16,<3", "portpicker>=1.6,<2"],
         "bench": ["torch==2.13.0", "transformers>=5.0,<6"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],

@@ -6,6 +6,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from common import sharding, trainer
 from configs.gpt import get_config
@@ -40,7 +41,10 @@ def test_resume_is_bitwise_identical(tmp_path):
   # Outputs of a run: metrics log, TensorBoard events, eval metrics.
   lines = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
   assert any("eval/loss" in l for l in lines) and any("train/tokens_per_sec" in l for l in lines)
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "a" / "tensorboard"))
+  events = EventAccumulator(str(tmp_path / "a" / "tensorboard"))
+  events.Reload()
+  assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6]
+  assert "eval/perplexity" in events.Tags()["scalars"]
 
 
 def test_training_reduces_loss(tmp_path):
