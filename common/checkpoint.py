@@ -101,11 +101,53 @@ def resolve_checkpoint(path: str) -> tuple[str, int]:
   raise FileNotFoundError(f"no complete checkpoint found at {path}")
 
 
-def load_params(path: str, abstract_params: Any, shardings: Any) -> tuple[Any, int, dict]:
-  """Params only (for fine-tuning / inference), onto `shardings`; returns (params, step, meta)."""
+def _flat(tree: Any) -> dict[tuple, Any]:
+  return {tuple(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def load_params(path: str, abstract_params: Any, shardings: Any, *, strict: bool = True
+                ) -> tuple[Any, int, dict, list[str]]:
+  """Params only (fine-tuning, inference), restored straight into `shardings`.
+
+  strict: the checkpoint must hold exactly the model's parameters. Otherwise (fine-tuning a
+  pretrained body with a new head) parameters present in both are loaded, checkpoint-only ones
+  (e.g. the MLM head) are skipped unread, and model-only ones are returned as `missing` for the
+  caller to initialise. A parameter in both with different shapes is always an error.
+  Returns (params (None where missing), step, meta, missing).
+  """
   root, step = resolve_checkpoint(path)
+  step_dir = os.path.join(root, str(step))
+  on_disk = _flat(ocp.StandardCheckpointer().metadata(
+      os.path.join(step_dir, "params")).item_metadata.tree)
+  wanted = _flat(abstract_params)
+  target_shardings = _flat(shardings)
+  missing = sorted("/".join(k) for k in wanted.keys() - on_disk.keys())
+  extra = sorted("/".join(k) for k in on_disk.keys() - wanted.keys())
+  if strict and (missing or extra):
+    raise ValueError(f"checkpoint {step_dir} does not match this model: missing "
+                     f"{missing[:5]}, unexpected {extra[:5]}")
+  for k in wanted.keys() & on_disk.keys():
+    if tuple(on_disk[k].shape) != tuple(wanted[k].shape):
+      raise ValueError(f"checkpoint {step_dir} tensor {'/'.join(k)} has shape "
+                       f"{tuple(on_disk[k].shape)}, this model needs {tuple(wanted[k].shape)}")
+  if not wanted.keys() & on_disk.keys():
+    raise ValueError(f"checkpoint {step_dir} shares no parameter with this model (another "
+                     "architecture?)")
+  # Restore in the checkpoint's own tree structure; leaves this model does not use stay unread.
+  disk_tree = ocp.StandardCheckpointer().metadata(
+      os.path.join(step_dir, "params")).item_metadata.tree
+  def target_leaf(p, meta):
+    key = tuple(str(getattr(k, "key", k)) for k in p)
+    if key not in wanted:
+      return ocp.PLACEHOLDER
+    return jax.ShapeDtypeStruct(meta.shape, wanted[key].dtype, sharding=target_shardings[key])
+  target = jax.tree_util.tree_map_with_path(target_leaf, disk_tree)
   with ocp.CheckpointManager(root) as mgr:
     meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    out = mgr.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(_abstract(abstract_params, shardings))))
-  return out["params"], step, meta
+    restored = mgr.restore(step, args=ocp.args.Composite(params=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))))["params"]
+  got = _flat(restored)
+  leaves = [got.get(k) for k in _flat(abstract_params)]
+  params = jax.tree.unflatten(jax.tree.structure(abstract_params), leaves)
+  return params, step, meta, missing

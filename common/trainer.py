@@ -263,7 +263,9 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
           make_eval_iter: Callable[[], Iterator[dict]] | None,
           init_params_from: str | None = None,
           mesh: Mesh | None = None,
-          on_start: Callable[[], None] | None = None) -> TrainResult:
+          on_start: Callable[[], None] | None = None,
+          extra_eval: Callable[[int, dict, Setup], dict[str, float]] | None = None
+          ) -> TrainResult:
   """Runs (or resumes) training in `workdir` until `cfg.train.num_steps`.
 
   `make_train_iter()` returns a grain iterator (get_state/set_state) of host-local
@@ -271,6 +273,7 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
   the data it would have seen. `init_params_from` loads params only (fine-tuning) when the
   work dir has no checkpoint yet; the step then continues from the loaded checkpoint's.
   `on_start` runs once the work dir is known to belong to this model (e.g. to record config).
+  `extra_eval(step, state, setup)` adds task metrics (accuracy/F1, ROUGE, ...) at each eval.
   """
   mesh = mesh or make_mesh(cfg)
   check_config(cfg, mesh)
@@ -289,9 +292,13 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
   else:
     state = init_state(setup)
     if init_params_from:
-      params, step, _ = load_params(init_params_from, setup.abstract_state["params"],
-                                    setup.state_shardings["params"])
-      state["params"] = params
+      params, step, _, missing = load_params(init_params_from, setup.abstract_state["params"],
+                                             setup.state_shardings["params"], strict=False)
+      # Parameters the checkpoint lacks (a new task head) keep their fresh initialisation.
+      state["params"] = jax.tree.map(lambda new, old: old if new is None else new, params,
+                                     state["params"], is_leaf=lambda x: x is None)
+      if missing:
+        print(f"initialised from {init_params_from}; new parameters: {', '.join(missing)}")
       state["step"] = jax.device_put(jnp.asarray(step, jnp.int32),
                                      setup.state_shardings["step"])
   start = int(jax.device_get(state["step"]))
@@ -315,6 +322,8 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
 
   def run_eval(step: int) -> dict[str, float]:
     out = evaluate(eval_step, state["params"], make_eval_iter(), mesh, t.eval_batches)
+    if extra_eval is not None:
+      out.update(extra_eval(step, state, setup))
     writer.write(step, {f"eval/{k}": v for k, v in out.items()},
                  console=f"step {step:6d} | eval loss {out['loss']:.4f} | "
                          f"ppl {out.get('perplexity', float('nan')):.2f} | "

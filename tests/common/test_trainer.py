@@ -98,3 +98,17 @@ def test_grad_accum_must_divide_batch():
   cfg.train.grad_accum_steps = 3
   with pytest.raises(ValueError, match="grad_accum_steps"):
     trainer.check_config(cfg, sharding.make_mesh(2, 1, 1, devices=jax.devices()[:2]))
+
+
+def test_init_params_from_continues_the_step_count(tmp_path):
+  cfg = get_config("tiny")
+  cfg.train.num_steps = 3
+  pre = _train(cfg, tmp_path / "pre")
+  fine = get_config("tiny")
+  fine.train.num_steps = 5
+  result = _train(fine, tmp_path / "fine", init_params_from=str(tmp_path / "pre"))
+  assert result.start_step == 3 and [h["step"] for h in result.history] == [4, 5]
+  # The first fine-tuning step starts from the pretrained weights, not a fresh init.
+  fresh = _train(fine, tmp_path / "fresh")
+  assert result.history[0]["loss"] < fresh.history[0]["loss"]
+  del pre
