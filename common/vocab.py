@@ -180,9 +180,18 @@ class SentencePieceVocab:
         return target
 
 
-def load_vocab(path_or_dir: str) -> SentencePieceVocab:
-    """Load a vocabulary from a `.model` file or a directory holding exactly one (see save_to)."""
+def load_vocab(path_or_dir: str) -> Vocabulary:
+    """Load a vocabulary from a `.model` file or a directory holding exactly one (see save_to).
+
+    A Hugging Face `tokenizer.json` (a `.json` path, or a directory holding one and no `.model`)
+    loads with the `tokenizers` backend, common/hf_vocab.py.
+    """
     path = path_or_dir
+    if path.endswith(".json") or (
+            os.path.isdir(path) and not glob.glob(os.path.join(path, "*.model"))
+            and os.path.isfile(os.path.join(path, "tokenizer.json"))):
+        from common.hf_vocab import TokenizersVocab  # pylint: disable=g-import-not-at-top
+        return TokenizersVocab.load(path)
     if os.path.isdir(path):
         models = sorted(glob.glob(os.path.join(path, "*.model")))
         if len(models) != 1:
