@@ -18,7 +18,6 @@ def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: 
   label smoothing spreads `label_smoothing` mass uniformly over the vocabulary.
   """
   logits = logits_BxLxV.astype(jnp.float32)
-  vocab = logits.shape[-1]
   log_z = jax.nn.logsumexp(logits, axis=-1)
   target_logit = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
   nll = log_z - target_logit

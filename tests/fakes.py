@@ -56,3 +56,18 @@ class SyntheticLM:
 
   def start_prefetch(self) -> None:  # part of the same protocol; nothing to prefetch
     pass
+
+
+def step_losses(cfg, mesh, steps: int = 3):
+  """(setup, state, losses) after `steps` jitted train steps of the tiny GPT on SyntheticLM."""
+  from common import sharding, trainer  # pylint: disable=g-import-not-at-top
+  from gpt_flax.model import GPTModel  # pylint: disable=g-import-not-at-top
+  setup = trainer.make_setup(GPTModel(cfg), cfg, mesh)
+  state = trainer.init_state(setup)
+  step = trainer.make_train_step(setup)
+  data = SyntheticLM(cfg.train.batch_size, cfg.data.seq_len, cfg.model.vocab_size)
+  losses = []
+  for _ in range(steps):
+    state, metrics = step(state, sharding.global_batch(next(data), mesh))
+    losses.append(float(metrics["loss"]))
+  return setup, state, losses

@@ -18,21 +18,11 @@ def main() -> None:
   port, num, pid, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=num,
                              process_id=pid, initialization_timeout=120)
-  from common import sharding, trainer  # pylint: disable=g-import-not-at-top
+  from common import sharding  # pylint: disable=g-import-not-at-top
   from configs.gpt import get_config
-  from gpt_flax.model import GPTModel
-  from tests.fakes import SyntheticLM
+  from tests.fakes import step_losses
 
-  cfg = get_config("tiny")
-  mesh = sharding.make_mesh(2, 2, 2)
-  setup = trainer.make_setup(GPTModel(cfg), cfg, mesh)
-  state = trainer.init_state(setup)
-  step = trainer.make_train_step(setup)
-  data = SyntheticLM(cfg.train.batch_size, cfg.data.seq_len, cfg.model.vocab_size)
-  losses = []
-  for _ in range(3):
-    state, metrics = step(state, sharding.global_batch(next(data), mesh))
-    losses.append(float(metrics["loss"]))
+  losses = step_losses(get_config("tiny"), sharding.make_mesh(2, 2, 2))[2]
   with open(out, "w") as f:
     json.dump({"losses": losses, "processes": jax.process_count(),
                "devices": jax.device_count()}, f)

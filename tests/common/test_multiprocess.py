@@ -8,10 +8,9 @@ import sys
 import numpy as np
 import portpicker
 
-from common import sharding, trainer
+from common import sharding
 from configs.gpt import get_config
-from gpt_flax.model import GPTModel
-from tests.fakes import SyntheticLM
+from tests.fakes import step_losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,15 +29,6 @@ def test_two_processes_match_one_process(tmp_path):
   results = [json.load(open(tmp_path / f"out{i}.json")) for i in range(2)]
   assert all(r["processes"] == 2 and r["devices"] == 8 for r in results)
 
-  cfg = get_config("tiny")
-  mesh = sharding.make_mesh(2, 2, 2)  # one process, 8 fake devices
-  setup = trainer.make_setup(GPTModel(cfg), cfg, mesh)
-  state = trainer.init_state(setup)
-  step = trainer.make_train_step(setup)
-  data = SyntheticLM(cfg.train.batch_size, cfg.data.seq_len, cfg.model.vocab_size)
-  single = []
-  for _ in range(3):
-    state, m = step(state, sharding.global_batch(next(data), mesh))
-    single.append(float(m["loss"]))
+  single = step_losses(get_config("tiny"), sharding.make_mesh(2, 2, 2))[2]  # 1 process x 8
   for r in results:
     np.testing.assert_allclose(r["losses"], single, atol=1e-5)

@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec as P
 from common import sharding, trainer
 from configs.gpt import get_config
 from gpt_flax.model import GPTModel
-from tests.fakes import SyntheticLM
+from tests.fakes import step_losses
 
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 2, 4), (2, 1, 4)]
 
@@ -35,30 +35,18 @@ def test_unknown_rules_preset():
     sharding.get_rules("nope")
 
 
-def _losses(mesh, cfg, steps=3):
-  setup = trainer.make_setup(GPTModel(cfg), cfg, mesh)
-  state = trainer.init_state(setup)
-  step = trainer.make_train_step(setup)
-  data = SyntheticLM(cfg.train.batch_size, cfg.data.seq_len, cfg.model.vocab_size)
-  out = []
-  for _ in range(steps):
-    state, m = step(state, sharding.global_batch(next(data), mesh))
-    out.append(float(m["loss"]))
-  return setup, state, out
-
-
 @pytest.fixture(scope="module")
 def reference():
   cfg = get_config("tiny")
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  return _losses(mesh, cfg)[2]
+  return step_losses(cfg, mesh)[2]
 
 
 @pytest.mark.parametrize("shape", MESHES)
 def test_sharded_params_and_losses_match_single_device(shape, reference):
   cfg = get_config("tiny")
   mesh = sharding.make_mesh(*shape)
-  setup, state, losses = _losses(mesh, cfg)
+  setup, state, losses = step_losses(cfg, mesh)
   rules = dict(sharding.RULE_PRESETS[cfg.mesh.rules])
   # Every parameter is laid out exactly as the rules table says for its logical names.
   with nnx.use_eager_sharding(False):
@@ -102,8 +90,8 @@ def test_adafactor_factored_moments_are_sharded_like_their_params():
   assert found["v_row"] == P(*tuple(pspec)[:-1])
   assert found["v_col"] == P(*(tuple(pspec)[:-2] + tuple(pspec)[-1:]))
   # And training with it on a sharded mesh matches one device.
-  _, _, sharded = _losses(mesh, cfg, steps=2)
-  _, _, single = _losses(sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]), cfg, steps=2)
+  _, _, sharded = step_losses(cfg, mesh, steps=2)
+  _, _, single = step_losses(cfg, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]), 2)
   np.testing.assert_allclose(sharded, single, atol=1e-5)
 
 

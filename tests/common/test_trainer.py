@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from common import sharding, trainer
 from configs.gpt import get_config
 from gpt_flax.model import GPTModel
-from tests.fakes import SyntheticLM
+from tests.fakes import SyntheticLM, step_losses
 
 
 def _train(cfg, workdir, mesh=None, **kw):
@@ -62,15 +62,7 @@ def test_grad_accumulation_matches_full_batch():
   out = {}
   for accum in (1, 2):
     cfg.train.grad_accum_steps = accum
-    setup = trainer.make_setup(GPTModel(cfg), cfg, mesh)
-    state = trainer.init_state(setup)
-    step = trainer.make_train_step(setup)
-    data = SyntheticLM(cfg.train.batch_size, cfg.data.seq_len, cfg.model.vocab_size)
-    losses = []
-    for _ in range(2):
-      state, m = step(state, sharding.global_batch(next(data), mesh))
-      losses.append(float(m["loss"]))
-    out[accum] = losses
+    out[accum] = step_losses(cfg, mesh, steps=2)[2]
   np.testing.assert_allclose(out[1], out[2], atol=1e-5)
 
 
