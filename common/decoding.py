@@ -1,6 +1,7 @@
 """Autoregressive decoding with a KV cache, shared by GPT generation and T5 inference.
 
-A model plugs in through `step_fn(tokens_BxT, positions_BxT, segment_ids_BxT, cache) ->
+Greedy decoding and sampling (`generate`) and beam search (`beam_search`, T5X's algorithm with
+its length penalty). A model plugs in through `step_fn(tokens_BxT, positions_BxT, segment_ids_BxT, cache) ->
 (logits_BxTxV, cache)`. Prompts are left-padded so every row writes the same cache slot each
 step; pads carry segment id 0 and are never attended to, so ragged prompts in one batch decode
 exactly as they would alone. The loop is a `lax.while_loop` inside one jitted function.
@@ -13,6 +14,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from common.attention import DecoderCache
 
 StepFn = Callable[[jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 
@@ -102,3 +105,102 @@ def generate(step_fn: StepFn, cache: Any, prompt_BxP: jax.Array, prompt_mask_BxP
   carry = (jnp.zeros((), jnp.int32), logits[:, -1], cache, out, done, lengths, key)
   _, _, _, out, _, lengths, _ = jax.lax.while_loop(cond, body, carry)
   return out, lengths
+
+
+_NEG = -1e9  # score of an impossible hypothesis (finite: scores are divided by penalties)
+
+
+def brevity_penalty(length: jax.Array | int, alpha: float) -> jax.Array:
+  """GNMT/T5X length penalty ((5 + length) / 6) ** alpha; scores are log-prob / penalty."""
+  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+def reorder_cache(cache: Any, rows: jax.Array) -> Any:
+  """Selects batch rows `rows` of a decoding cache (beam search follows its parent beams).
+
+  A `DecoderCache` keeps the layer axis first on its keys/values; any other pytree is taken
+  to have the batch axis first on every non-scalar leaf.
+  """
+  if cache is None:
+    return None
+  if isinstance(cache, DecoderCache):
+    kv = jax.tree.map(lambda a: jnp.take(a, rows, axis=1), cache.kv)
+    return cache._replace(kv=kv, segment_ids=jnp.take(cache.segment_ids, rows, axis=0))
+  return jax.tree.map(lambda a: jnp.take(a, rows, axis=0) if a.ndim else a, cache)
+
+
+def beam_search(step_fn: StepFn, cache: Any, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
+                *, beam_size: int, max_new_tokens: int, eos_id: int, alpha: float = 0.6,
+                pad_id: int = 0, vocab_size: int | None = None
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Beam search as in T5X: `beam_size` live hypotheses, the best `beam_size` finished ones.
+
+  Each step extends every live beam by every token, keeps the 2K best candidates, moves
+  those ending in EOS to the finished set (scored log-prob / brevity_penalty(length, alpha))
+  and the K best others stay live. It stops once no live beam, even at the longest length,
+  could beat the worst finished one, or after `max_new_tokens`. An example with no finished
+  hypothesis returns its live ones. With beam_size=1 and alpha=0 this is greedy decoding.
+
+  `cache` must hold B * beam_size rows (row b * K + k is beam k of example b); rows that the
+  step function reads from elsewhere (T5's encoder output) must be repeated likewise.
+  Returns (tokens [B, K, max_new_tokens] best first, EOS included, then `pad_id`;
+  lengths [B, K] counting the EOS; scores [B, K]). Traceable: call it inside `jax.jit`.
+  """
+  batch, k = prompt_BxP.shape[0], beam_size
+  if k < 1:
+    raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+  n = max_new_tokens
+  rep = lambda x: jnp.repeat(x, k, axis=0)
+  positions = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=1) - 1, 0)
+  logits, cache = step_fn(rep(prompt_BxP), rep(positions), rep(prompt_mask_BxP), cache)
+  next_pos = rep(positions)[:, -1] + 1
+
+  def log_probs(logits_NxV):
+    logits_NxV = logits_NxV.astype(jnp.float32)
+    if vocab_size is not None and vocab_size < logits_NxV.shape[-1]:
+      valid = jnp.arange(logits_NxV.shape[-1]) < vocab_size
+      logits_NxV = jnp.where(valid, logits_NxV, _NEG)
+    return jax.nn.log_softmax(logits_NxV, axis=-1)
+
+  def take(x, idx):  # x [B, M, ...], idx [B, J] -> [B, J, ...]
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+  def body(carry):
+    i, last_logits, cache, alive_seq, alive_lp, fin_seq, fin_score, fin_len = carry
+    lp = log_probs(last_logits).reshape(batch, k, -1)
+    vocab = lp.shape[-1]
+    cand_lp, cand_idx = jax.lax.top_k((alive_lp[:, :, None] + lp).reshape(batch, -1), 2 * k)
+    parent, tok = cand_idx // vocab, (cand_idx % vocab).astype(jnp.int32)
+    seqs = take(alive_seq, parent).at[:, :, i].set(tok)
+    is_eos = tok == eos_id
+    # Finished: the best K of the old finished set and this step's EOS candidates.
+    new_score = jnp.where(is_eos & (cand_lp > _NEG / 2), cand_lp / brevity_penalty(i + 1, alpha),
+                          _NEG)
+    fin_score, idx = jax.lax.top_k(jnp.concatenate([fin_score, new_score], 1), k)
+    fin_seq = take(jnp.concatenate([fin_seq, seqs], 1), idx)
+    fin_len = take(jnp.concatenate([fin_len, jnp.full_like(new_score, i + 1, jnp.int32)], 1),
+                   idx)
+    # Live: the best K candidates that did not end.
+    alive_lp, idx = jax.lax.top_k(jnp.where(is_eos, _NEG, cand_lp), k)
+    alive_seq, parent, tok = take(seqs, idx), take(parent, idx), take(tok, idx)
+    cache = reorder_cache(cache, (jnp.arange(batch)[:, None] * k + parent).reshape(-1))
+    logits, cache = step_fn(tok.reshape(-1, 1), (next_pos + i)[:, None],
+                            jnp.ones((batch * k, 1), jnp.int32), cache)
+    return i + 1, logits[:, -1], cache, alive_seq, alive_lp, fin_seq, fin_score, fin_len
+
+  def cond(carry):
+    i, _, _, _, alive_lp, _, fin_score, _ = carry
+    best_alive = alive_lp[:, 0] / brevity_penalty(n, alpha)  # alive scores only fall
+    return (i < n) & ~jnp.all(fin_score[:, -1] > best_alive)
+
+  alive_lp = jnp.tile(jnp.asarray([0.0] + [_NEG] * (k - 1), jnp.float32), (batch, 1))
+  seq = jnp.full((batch, k, n), pad_id, jnp.int32)
+  carry = (jnp.zeros((), jnp.int32), logits[:, -1], cache, seq, alive_lp, seq,
+           jnp.full((batch, k), _NEG, jnp.float32), jnp.zeros((batch, k), jnp.int32))
+  i, _, _, alive_seq, alive_lp, fin_seq, fin_score, fin_len = jax.lax.while_loop(
+      cond, body, carry)
+  none_finished = fin_score[:, :1] <= _NEG / 2
+  tokens = jnp.where(none_finished[:, :, None], alive_seq, fin_seq)
+  lengths = jnp.where(none_finished, i, fin_len)
+  scores = jnp.where(none_finished, alive_lp / brevity_penalty(i, alpha), fin_score)
+  return tokens, lengths, scores

@@ -1,0 +1,161 @@
+"""grain pipeline for encoder-decoder models: (inputs, targets) token pairs -> T5X features.
+
+Pairs are either packed (first-fit: several short examples share a row, each keeping its own
+segment id and positions in the encoder and in the decoder) or padded one per row. Batches
+carry T5X's feature names:
+
+  encoder_input_tokens, encoder_segment_ids, encoder_positions,
+  decoder_target_tokens, decoder_input_tokens (targets shifted right, 0 at every segment
+  start), decoder_segment_ids, decoder_positions, decoder_loss_weights.
+
+Segment id 0 is padding. Iterator state is plain JSON, so runs resume exactly.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import grain
+import jax
+import numpy as np
+
+from common.data.pipeline import READ_OPTIONS, _JsonStateIterDataset
+from common.data.sources import Source
+from common.vocab import Vocabulary
+
+FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
+            "decoder_target_tokens", "decoder_input_tokens", "decoder_segment_ids",
+            "decoder_positions", "decoder_loss_weights")
+
+
+def field_text(example: dict[str, Any], field: str, role: str) -> str:
+  """example[field] as text, or an error naming the config flag that picks the field."""
+  if field not in example:
+    raise ValueError(f"example has no {role} field {field!r}; fields present: "
+                     f"{sorted(example)}; set --config.data.{role}_field")
+  value = example[field]
+  if isinstance(value, bytes):
+    value = value.decode("utf-8")
+  if not isinstance(value, str):
+    raise ValueError(f"{role} field {field!r} holds {type(value).__name__}, not text; fields "
+                     f"present: {sorted(example)}")
+  return value
+
+
+def fit_length(ids: list[int], max_len: int, eos_id: int, *, truncate: bool, role: str
+               ) -> np.ndarray:
+  """ids + EOS, truncated (keeping the EOS) or refused when longer than `max_len`."""
+  if len(ids) + 1 > max_len:
+    if not truncate:
+      raise ValueError(f"an example's {role} has {len(ids) + 1} tokens with EOS, more than "
+                       f"data.max_{role}_len={max_len}; raise it or set "
+                       f"--config.data.truncate_{role}s=True")
+    ids = ids[:max_len - 1]
+  return np.asarray(list(ids) + [eos_id], np.int32)
+
+
+def text_pair_fn(vocab: Vocabulary, *, input_field: str, target_field: str, prefix: str,
+                 max_input_len: int, max_target_len: int, truncate_inputs: bool,
+                 truncate_targets: bool) -> Callable[[dict[str, Any]], dict[str, np.ndarray]]:
+  """Example dict -> {"inputs", "targets"} token arrays: `prefix + input` and the target."""
+  def fn(example: dict[str, Any]) -> dict[str, np.ndarray]:
+    source = prefix + field_text(example, input_field, "input")
+    target = field_text(example, target_field, "target")
+    return {"inputs": fit_length(vocab.encode(source), max_input_len, vocab.eos_id,
+                                 truncate=truncate_inputs, role="input"),
+            "targets": fit_length(vocab.encode(target), max_target_len, vocab.eos_id,
+                                  truncate=truncate_targets, role="target")}
+  return fn
+
+
+def shift_right(targets_BxL: np.ndarray, positions_BxL: np.ndarray,
+                segment_ids_BxL: np.ndarray) -> np.ndarray:
+  """Decoder inputs: each segment's targets delayed by one, starting with 0 (T5's BOS)."""
+  inputs = np.roll(targets_BxL, 1, axis=-1)
+  inputs[positions_BxL == 0] = 0
+  inputs[segment_ids_BxL == 0] = 0
+  return inputs
+
+
+def finalize(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Packed/padded `inputs`/`targets` (+ _segment_ids, _positions) -> T5X features."""
+  dec_seg = packed["targets_segment_ids"].astype(np.int32)
+  dec_pos = packed["targets_positions"].astype(np.int32)
+  targets = np.where(dec_seg > 0, packed["targets"], 0).astype(np.int32)
+  enc_seg = packed["inputs_segment_ids"].astype(np.int32)
+  return {
+      "encoder_input_tokens": np.where(enc_seg > 0, packed["inputs"], 0).astype(np.int32),
+      "encoder_segment_ids": enc_seg,
+      "encoder_positions": packed["inputs_positions"].astype(np.int32),
+      "decoder_target_tokens": targets,
+      "decoder_input_tokens": shift_right(targets, dec_pos, dec_seg),
+      "decoder_segment_ids": dec_seg,
+      "decoder_positions": dec_pos,
+      "decoder_loss_weights": (dec_seg > 0).astype(np.float32),
+  }
+
+
+def pad_pair(example: dict[str, np.ndarray], input_len: int, target_len: int
+             ) -> dict[str, np.ndarray]:
+  """One example per row: right-padded, segment id 1, positions 0..n-1."""
+  out = {}
+  for key, length in (("inputs", input_len), ("targets", target_len)):
+    ids = example[key]
+    if len(ids) > length:
+      raise ValueError(f"{key} of {len(ids)} tokens do not fit in {length}")
+    row = np.zeros(length, np.int32)
+    row[:len(ids)] = ids
+    seg = (np.arange(length) < len(ids)).astype(np.int32)
+    out[key], out[f"{key}_segment_ids"] = row, seg
+    out[f"{key}_positions"] = np.where(seg > 0, np.arange(length), 0).astype(np.int32)
+  return out
+
+
+def batch_features(pairs: grain.IterDataset, *, input_len: int, target_len: int,
+                   batch_size: int, pack: bool, seed: int = 0) -> grain.IterDataset:
+  """IterDataset of {"inputs", "targets"} arrays -> batches of T5X features (JSON state).
+
+  `batch_size` is this process's. Packing fills `batch_size` bins first-fit, then emits them
+  (grain's FirstFitPackIterDataset); an example longer than the row is an error upstream.
+  """
+  lengths = {"inputs": input_len, "targets": target_len}
+  if pack:
+    rows = grain.experimental.FirstFitPackIterDataset(
+        pairs, length_struct=lengths, num_packing_bins=batch_size, seed=seed,
+        shuffle_bins=False)
+  else:
+    rows = pairs.map(lambda ex: pad_pair(ex, input_len, target_len))
+  batches = rows.batch(batch_size, drop_remainder=True).map(finalize)
+  return _JsonStateIterDataset(batches)
+
+
+def seq2seq_dataset(source: Source, example_fn: Callable[[dict[str, Any]], dict[str, np.ndarray]],
+                    *, input_len: int, target_len: int, batch_size: int, seed: int,
+                    shuffle: bool = True, num_epochs: int | None = None, pack: bool = True,
+                    shard_by_process: bool = True) -> grain.IterDataset:
+  """Examples of `source` -> `example_fn` -> packed (or padded) batches for this process.
+
+  `batch_size` is global; `num_epochs=None` repeats forever (a final partial batch is dropped).
+  """
+  if min(input_len, target_len, batch_size) < 1:
+    raise ValueError(f"input_len, target_len and batch_size must be >= 1, got {input_len}, "
+                     f"{target_len}, {batch_size}")
+  shards, shard = (jax.process_count(), jax.process_index()) if shard_by_process else (1, 0)
+  if batch_size % shards:
+    raise ValueError(f"global batch_size {batch_size} is not divisible by the {shards} JAX "
+                     "processes")
+  ds = grain.MapDataset.source(source)[shard::shards]
+  if len(ds) == 0:
+    raise ValueError(f"process {shard} of {shards} got no examples from a source of "
+                     f"{len(source)} examples")
+  if shuffle:
+    ds = ds.shuffle(seed)
+  pairs = ds.repeat(num_epochs).map(example_fn).to_iter_dataset(READ_OPTIONS)
+  return batch_features(pairs, input_len=input_len, target_len=target_len,
+                        batch_size=batch_size // shards, pack=pack, seed=seed)
+
+
+def pad_batch(examples: list[dict[str, np.ndarray]], input_len: int, target_len: int
+              ) -> dict[str, np.ndarray]:
+  """A list of {"inputs", "targets"} -> one padded batch of T5X features (inference, eval)."""
+  rows = [pad_pair(ex, input_len, target_len) for ex in examples]
+  return finalize({k: np.stack([r[k] for r in rows]) for k in rows[0]})

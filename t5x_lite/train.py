@@ -1,0 +1,119 @@
+"""T5 pretraining and text-to-text fine-tuning, configured entirely by flags.
+
+  python -m t5x_lite.train --config=configs/t5.py:<preset> --workdir=DIR        # span corruption
+  python -m t5x_lite.train --config=configs/t5.py:<preset> --config.task=summarize \\
+      --config.init_checkpoint=PRETRAINED_DIR --workdir=DIR \\
+      [--config.data.dataset=tfds:xsum|jsonl:PATH/{split}.jsonl|debian
+       --config.data.input_field=F --config.data.target_field=F --config.data.prefix='summarize: '
+       --config.data.max_input_len=N --config.data.max_target_len=N]
+
+Fine-tuning loads the pretrained params and continues its step count (as T5X does); ROUGE on
+the first `rouge.num_examples` validation examples is computed at every evaluation.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import orbax.checkpoint as ocp
+from absl import app
+
+from common import config as config_lib
+from common import entry, trainer
+from common.checkpoint import resolve_checkpoint
+from common.data.sources import open_source
+from t5x_lite import tasks
+from t5x_lite.decode import predict_ids
+from t5x_lite.model import T5Model
+from t5x_lite.rouge import rouge
+from t5x_lite.span_corruption import check_sentinels, random_spans_helper
+
+_CONFIG, _DEFAULT_CONFIG = entry.define_config_flag("t5", "demo")
+
+
+def checkpoint_identity(path: str) -> dict:
+  """The model identity recorded with a checkpoint (family and network config)."""
+  root, step = resolve_checkpoint(path)
+  with ocp.CheckpointManager(root) as mgr:
+    meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  return meta.get("identity", {})
+
+
+def check_init_checkpoint(cfg) -> str:
+  """The checkpoint must be a T5 one; returns its attention-logit scaling."""
+  identity = checkpoint_identity(cfg.init_checkpoint)
+  family = identity.get("family")
+  if family != T5Model.name:
+    raise ValueError(f"init_checkpoint {cfg.init_checkpoint} holds a {family!r} model, not a "
+                     "T5 model; fine-tune from a checkpoint written by t5x_lite.train")
+  scaling = identity["model"]["attn_logit_scaling"]
+  wanted = cfg.model.attn_logit_scaling
+  if wanted not in ("auto", scaling):
+    raise ValueError(f"init_checkpoint was trained with model.attn_logit_scaling={scaling!r}; "
+                     f"fine-tuning with {wanted!r} would change its attention; use 'auto'")
+  return scaling
+
+
+def rouge_eval(cfg, vocab):
+  """trainer extra_eval hook: decode validation inputs and score them against the targets."""
+  r = cfg.rouge
+  _, ids, targets = tasks.text_examples(cfg, vocab, cfg.data.eval_split, r.num_examples)
+
+  def extra_eval(step: int, state: dict, setup: trainer.Setup) -> dict[str, float]:
+    with setup.context():
+      outs = predict_ids(setup.graphdef, state["params"], ids, input_len=cfg.data.max_input_len,
+                         max_decode_len=r.max_decode_len, batch_size=r.batch_size,
+                         eos_id=vocab.eos_id, beam_size=r.beam_size, alpha=r.alpha,
+                         vocab_size=vocab.vocab_size, mesh=setup.mesh)
+    scores = rouge([vocab.decode(o) for o in outs], targets)
+    print(f"step {step:6d} | ROUGE on {len(ids)} {cfg.data.eval_split} examples: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
+    return scores
+  return extra_eval
+
+
+def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
+  """Pretrain or fine-tune and evaluate; returns the trainer's result."""
+  tasks.check_task(cfg)
+  if prepare:
+    entry.prepare_data(cfg)
+  d = cfg.data
+  source = open_source(d.dataset, d.train_split, d.data_dir)  # a missing dataset fails first
+  if cfg.task != "pretrain":
+    tasks.check_fields(source[0], d)
+  vocab = entry.load_checked_vocab(cfg, extra_ids=d.extra_ids)
+  if cfg.task == "pretrain":
+    check_sentinels(vocab, random_spans_helper(d.max_input_len)[0])
+  scaling = check_init_checkpoint(cfg) if cfg.init_checkpoint else None
+  input_len, target_len = tasks.lengths(cfg)
+  model = T5Model(cfg, checkpoint_scaling=scaling, input_len=input_len, target_len=target_len)
+  use_rouge = cfg.task != "pretrain" and cfg.rouge.num_examples != 0
+  result = trainer.train(
+      model, cfg, workdir,
+      make_train_iter=tasks.make_iter_fn(cfg, vocab, d.train_split, train=True),
+      make_eval_iter=tasks.make_iter_fn(cfg, vocab, d.eval_split, train=False),
+      init_params_from=cfg.init_checkpoint or None,
+      on_start=lambda: entry.record_run(cfg, workdir, vocab),
+      extra_eval=rouge_eval(cfg, vocab) if use_rouge else None)
+  ev = result.eval_metrics
+  line = (f"validation ({d.eval_split}): loss {ev['loss']:.4f}, perplexity "
+          f"{ev['perplexity']:.2f}, token accuracy {ev['correct']:.4f}")
+  line += "".join(f", {k} {ev[k]:.2f}" for k in ("rouge1", "rouge2", "rougeLsum") if k in ev)
+  print(line, flush=True)
+  return result
+
+
+@config_lib.exit_on_error
+def main(argv) -> None:
+  del argv
+  entry.init_distributed()
+  run(_CONFIG.value, entry.workdir(), prepare=entry.prepare_requested())
+
+
+def cli() -> None:
+  config_lib.exit_on_error(config_lib.check_overrides)(sys.argv, _DEFAULT_CONFIG)
+  app.run(main)
+
+
+if __name__ == "__main__":
+  cli()
