@@ -54,9 +54,11 @@ class Family:
   architectures: tuple[str, ...]     # HF architectures it imports (the first when config.json
                                      # names none)
   default_preset: str
-  # HF config.json -> {'model.x': value, ...} overrides of the preset; raises on unsupported math.
-  config_overrides: Callable[[dict], dict]
-  make_model: Callable[[ConfigDict, str], Any]   # (config, HF architecture) -> our Model
+  # (HF config.json, HF tensor names) -> {'model.x': value, ...} overrides of the preset;
+  # raises on math this family does not implement.
+  config_overrides: Callable[[dict, set[str]], dict]
+  # (config, HF architecture, checkpoint identity or None when importing) -> our Model.
+  make_model: Callable[[ConfigDict, str, dict | None], Any]
   # Our model identity (checkpoint meta) -> the HF architecture it exports as; None: not ours.
   architecture_of: Callable[[dict], str | None]
   # (HF config, resolved config, tensors) -> canonical params with the HF vocab size.
@@ -169,8 +171,8 @@ def families() -> list[Family]:
   for module in FAMILY_MODULES:
     try:
       out.append(importlib.import_module(module).FAMILY)
-    except ModuleNotFoundError as e:
-      if e.name != module:  # the family module exists but is broken: say so
+    except ModuleNotFoundError as e:  # that family's package is not (fully) there
+      if not (e.name or "").startswith(module.split(".")[0]):
         raise
   return out
 
@@ -290,12 +292,12 @@ def _unflatten(flat: dict[tuple, Any]) -> dict:
 # --------------------------------------------------------------------------- import / export
 
 
-def resolved_config(family: Family, hf_cfg: dict, *, preset: str | None = None,
+def resolved_config(family: Family, hf_cfg: dict, names: set[str], *, preset: str | None = None,
                     scan_layers: bool | None = None, vocab_multiple: int = 1) -> ConfigDict:
   """The family preset with the HF model's shapes (vocab optionally padded to a multiple)."""
   if vocab_multiple < 1:
     raise ValueError(f"vocab_multiple must be >= 1, got {vocab_multiple}")
-  overrides = dict(family.config_overrides(hf_cfg))
+  overrides = dict(family.config_overrides(hf_cfg, names))
   v = overrides["model.vocab_size"]
   overrides["model.vocab_size"] = -(-v // vocab_multiple) * vocab_multiple
   if scan_layers is not None:
@@ -310,18 +312,18 @@ def import_hf(hf_dir: str, workdir: str, *, preset: str | None = None,
   workdir = os.path.abspath(os.path.expanduser(workdir))
   hf_cfg = read_hf_config(hf_dir)
   family, arch = family_for(hf_cfg, hf_dir)
-  cfg = resolved_config(family, hf_cfg, preset=preset, scan_layers=scan_layers,
-                        vocab_multiple=vocab_multiple)
   if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
       os.path.join(workdir, "checkpoints")):
     raise ValueError(f"work dir {workdir} already holds checkpoints; use a new --workdir")
   tensors = Tensors(read_hf_weights(hf_dir), where=hf_dir)
+  cfg = resolved_config(family, hf_cfg, set(tensors.arrays), preset=preset,
+                        scan_layers=scan_layers, vocab_multiple=vocab_multiple)
   canonical = family.import_tensors(hf_cfg, cfg, tensors)
   unused = tensors.unused(family.ignored)
   if unused:
     raise ValueError(f"{hf_dir} holds tensors a {arch} with this config.json does not have: "
                      f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
-  model = family.make_model(cfg, arch)
+  model = family.make_model(cfg, arch, None)
   params = to_params(abstract_network(model), canonical)
   from common import hf_vocab  # pylint: disable=g-import-not-at-top
   vocab_path = hf_vocab.import_tokenizer(hf_dir, os.path.join(workdir, "vocab"), hf_cfg)
@@ -360,7 +362,7 @@ def load_workdir(workdir: str, step: int | None = None
     raise ValueError(f"{workdir} holds a {identity.get('family')!r} model; exportable: "
                      f"{', '.join(a for f in families() for a in f.architectures)}")
   family, arch = found[0]
-  model = family.make_model(cfg, arch)
+  model = family.make_model(cfg, arch, identity)
   abstract = nnx.to_pure_dict(nnx.state(abstract_network(model), nnx.Param))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   params, step, _, _ = load_params(os.path.join(root, str(step)), abstract,

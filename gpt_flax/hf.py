@@ -17,12 +17,13 @@ ARCH = "GPT2LMHeadModel"
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
 
 
-def config_overrides(hf: dict) -> dict:
+def config_overrides(hf: dict, names: set[str]) -> dict:
   """HF config.json -> our model fields; anything whose math we do not implement is an error."""
   def require(key: str, ok: bool, want: str) -> None:
     if not ok:
       raise ValueError(f"GPT-2 config.json has {key}={hf.get(key)!r}; only {want} converts "
                        "(this network does not implement it)")
+  del names
   require("activation_function", hf.get("activation_function", "gelu_new") in _TANH_GELU,
           f"one of {_TANH_GELU} (tanh-approximate GELU)")
   require("scale_attn_weights", hf.get("scale_attn_weights", True) is True, "true")
@@ -39,8 +40,8 @@ def config_overrides(hf: dict) -> dict:
           "model.norm_eps": hf.get("layer_norm_epsilon", 1e-5)}
 
 
-def make_model(cfg: ConfigDict, arch: str) -> GPTModel:
-  del arch  # one architecture
+def make_model(cfg: ConfigDict, arch: str, identity: dict | None) -> GPTModel:
+  del arch, identity  # one architecture, configured by cfg alone
   return GPTModel(cfg)
 
 
