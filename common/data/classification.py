@@ -1,0 +1,255 @@
+"""Labelled text for classification and regression, for any model family.
+
+Sources: every dataset spec of `common.data.sources` (jsonl:, tfds:, sentiment, ...) plus
+`csv:PATH_OR_GLOB` (a header row names the fields; `{split}` selects files per split as for
+jsonl). Field names come from the caller's config; labels map to class indices through an
+explicit label set (or one read from the training split). Single texts become
+`[CLS] A [SEP]`, pairs `[CLS] A [SEP] B [SEP]` with segment (type) ids 0/1, truncated
+longest-first to the sequence length.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import io
+import math
+import os
+from typing import Any, Sequence
+
+import grain
+import jax
+import numpy as np
+
+from common.data.pipeline import READ_OPTIONS
+from common.data.sources import SPLIT_PLACEHOLDER, Source, get_text, open_source
+from common.vocab import Vocabulary
+
+FEATURES = ("tokens", "type_ids", "positions", "segment_ids", "labels", "weights")
+
+
+class CsvSource:
+  """Rows of CSV files (header row = field names), read into memory once."""
+
+  def __init__(self, rows: list[dict[str, str]]):
+    self._rows = rows
+
+  def __len__(self) -> int:
+    return len(self._rows)
+
+  def __getitem__(self, index: int) -> dict[str, str]:
+    return self._rows[index]
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, str]]:
+    return [self._rows[i] for i in indices]
+
+
+def _open_csv(pattern: str, split: str) -> CsvSource:
+  path_glob = pattern.replace(SPLIT_PLACEHOLDER, split)
+  files = sorted(glob.glob(os.path.expanduser(path_glob)))
+  if not files:
+    raise FileNotFoundError(f"no files match csv:{pattern} (split {split!r})")
+  rows: list[dict[str, str]] = []
+  for path in files:
+    with open(path, newline="", encoding="utf-8") as f:
+      reader = csv.DictReader(io.StringIO(f.read()))
+      for lineno, row in enumerate(reader, 2):
+        if None in row or any(v is None for v in row.values()):
+          raise ValueError(f"{path}:{lineno}: expected {len(reader.fieldnames)} columns "
+                           f"({', '.join(reader.fieldnames)})")
+        rows.append(row)
+  return CsvSource(rows)
+
+
+def open_examples(spec: str, split: str, data_dir: str) -> Source:
+  """Source of labelled examples for a split; an empty split is an error."""
+  if spec.startswith("csv:"):
+    source: Source = _open_csv(spec[len("csv:"):], split)
+  else:
+    source = open_source(spec, split, data_dir)
+  if len(source) == 0:
+    raise ValueError(f"dataset {spec!r} split {split!r} has no examples")
+  return source
+
+
+@dataclasses.dataclass(frozen=True)
+class Fields:
+  """Which example fields hold the text(s) and the label (config: text_field, ...)."""
+  text: str
+  label: str
+  text_pair: str = ""
+
+  def check(self, example: dict[str, Any], where: str) -> None:
+    """One clear error for a field the data does not have."""
+    roles = (("text_field", self.text), ("text_pair_field", self.text_pair),
+             ("label_field", self.label))
+    for role, name in roles:
+      if name and name not in example:
+        raise ValueError(f"{where}: examples have no field {name!r} ({role}); fields present: "
+                         f"{sorted(example)}")
+
+
+def label_key(value: Any) -> str:
+  """Labels compare as text, so 1 (JSON), '1' (CSV) and np.int64(1) (TFDS) are one label."""
+  if isinstance(value, bytes):
+    value = value.decode("utf-8")
+  if isinstance(value, np.generic):
+    value = value.item()
+  return str(value)
+
+
+class LabelMap:
+  """Label values -> class indices 0..n-1, in the given order."""
+
+  def __init__(self, names: Sequence[Any]):
+    self.names = tuple(label_key(n) for n in names)
+    if len(self.names) < 2:
+      raise ValueError(f"a classification task needs at least 2 labels, got {list(self.names)}")
+    if len(set(self.names)) != len(self.names):
+      raise ValueError(f"duplicate labels in {list(self.names)}")
+    self._index = {n: i for i, n in enumerate(self.names)}
+
+  @classmethod
+  def parse(cls, spec: str) -> "LabelMap":
+    """From a comma-separated list, e.g. 'negative,positive' or '0,1'."""
+    return cls([s.strip() for s in spec.split(",") if s.strip()])
+
+  @classmethod
+  def infer(cls, values: Sequence[Any]) -> "LabelMap":
+    """Sorted distinct values (numerically when all are integers)."""
+    keys = {label_key(v) for v in values}
+    try:
+      return cls(sorted(keys, key=int))
+    except ValueError:
+      return cls(sorted(keys))
+
+  def __len__(self) -> int:
+    return len(self.names)
+
+  def index(self, value: Any, where: str = "") -> int:
+    key = label_key(value)
+    if key not in self._index:
+      hint = (" (GLUE test splits are unlabelled: evaluate on validation instead)"
+              if key == "-1" else "")
+      raise ValueError(f"{where}label {key!r} is not in the label set {list(self.names)}"
+                       f"{hint}")
+    return self._index[key]
+
+
+def read_column(source: Source, field: str, where: str) -> list[Any]:
+  """One field of every example (batched reads); a missing field is a clear error."""
+  values = []
+  for start in range(0, len(source), 1024):
+    for i, ex in enumerate(source.__getitems__(range(start, min(start + 1024, len(source))))):
+      if field not in ex:
+        raise ValueError(f"{where} example {start + i} has no field {field!r}; fields present: "
+                         f"{sorted(ex)}")
+      values.append(ex[field])
+  return values
+
+
+def check_labels(values: Sequence[Any], labels: LabelMap | None, where: str) -> None:
+  """Every label is in the set (classification) or a finite number (regression)."""
+  for i, v in enumerate(values):
+    if labels is not None:
+      labels.index(v, f"{where} example {i}: ")
+    else:
+      try:
+        ok = math.isfinite(float(v))
+      except (TypeError, ValueError):
+        ok = False
+      if not ok:
+        raise ValueError(f"{where} example {i}: regression target {v!r} is not a finite number")
+
+
+def format_pair(ids_a: Sequence[int], ids_b: Sequence[int] | None, *, max_len: int,
+                cls_id: int, sep_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """`[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]` and type ids (0 for A, 1 for B), removing
+  tokens from the end of the longer text until it fits in `max_len`."""
+  a, b = list(ids_a), list(ids_b) if ids_b is not None else None
+  budget = max_len - (3 if b is not None else 2)
+  if budget < 2:
+    raise ValueError(f"sequence length {max_len} leaves no room for text")
+  while len(a) + len(b or []) > budget:
+    if b is not None and len(b) > len(a):
+      b.pop()
+    else:
+      a.pop()
+  tokens = [cls_id] + a + [sep_id]
+  types = [0] * len(tokens)
+  if b is not None:
+    tokens += b + [sep_id]
+    types += [1] * (len(b) + 1)
+  return np.asarray(tokens, np.int32), np.asarray(types, np.int32)
+
+
+def _empty_row(seq_len: int, regression: bool) -> dict[str, np.ndarray]:
+  z = np.zeros(seq_len, np.int32)
+  return {"tokens": z, "type_ids": z, "positions": z, "segment_ids": z,
+          "labels": np.zeros(1, np.float32 if regression else np.int32),
+          "weights": np.zeros(1, np.float32)}
+
+
+def classification_dataset(source: Source, vocab: Vocabulary, *, fields: Fields,
+                           labels: LabelMap | None, seq_len: int, batch_size: int, seed: int,
+                           train: bool, num_epochs: int | None = None,
+                           read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+  """Batches of this process's rows: tokens/type_ids/positions/segment_ids [b, L] (segment
+  id 1 = real token, 0 = padding), labels [b, 1] (class index, or float when `labels` is None:
+  regression) and weights [b, 1] (rank 2, as the trainer shards every feature [batch, ...]).
+
+  train: shuffled each epoch, repeated `num_epochs` (None = forever), full batches only.
+  Otherwise one pass over every example in order; the last batch is padded with weight-0 rows
+  and every process yields the same number of batches.
+  """
+  shards, shard = jax.process_count(), jax.process_index()
+  if batch_size % shards:
+    raise ValueError(f"batch_size {batch_size} is not divisible by the {shards} JAX processes")
+  local = batch_size // shards
+  regression = labels is None
+  n = len(source)
+
+  def encode(example: dict[str, Any]) -> dict[str, np.ndarray]:
+    a = vocab.encode(get_text(example, fields.text))
+    b = vocab.encode(get_text(example, fields.text_pair)) if fields.text_pair else None
+    tokens, types = format_pair(a, b, max_len=seq_len, cls_id=vocab.cls_id, sep_id=vocab.sep_id)
+    row = _empty_row(seq_len, regression)
+    k = tokens.size
+    row["tokens"] = np.pad(tokens, (0, seq_len - k))
+    row["type_ids"] = np.pad(types, (0, seq_len - k))
+    row["positions"] = np.pad(np.arange(k, dtype=np.int32), (0, seq_len - k))
+    row["segment_ids"] = np.pad(np.ones(k, np.int32), (0, seq_len - k))
+    raw = example[fields.label]
+    row["labels"] = np.asarray([raw if regression else labels.index(raw)], row["labels"].dtype)
+    row["weights"] = np.ones(1, np.float32)
+    return row
+
+  if train:
+    ds = grain.MapDataset.source(source)[shard::shards]
+    if len(ds) < local:
+      raise ValueError(f"the training split has {n} examples, fewer than one batch of "
+                       f"{batch_size}")
+    ds = ds.shuffle(seed).repeat(num_epochs).map(encode)
+    return ds.to_iter_dataset(read_options or READ_OPTIONS).batch(local, drop_remainder=True)
+
+  per_process = -(-n // shards)
+
+  def encode_index(k: int) -> dict[str, np.ndarray]:
+    i = k * shards + shard
+    return encode(source[i]) if i < n else _empty_row(seq_len, regression)
+
+  def pad_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    missing = local - batch["weights"].shape[0]
+    return {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])
+            for k, v in batch.items()} if missing else batch
+
+  ds = grain.MapDataset.range(per_process).map(encode_index)
+  return (ds.to_iter_dataset(read_options or READ_OPTIONS).batch(local, drop_remainder=False)
+          .map(pad_batch))
+
+
+def num_batches(n_examples: int, batch_size: int) -> int:
+  """Batches of one evaluation pass (`train=False`) over `n_examples`."""
+  shards = jax.process_count()
+  per_process = -(-n_examples // shards)
+  return -(-per_process // (batch_size // shards))

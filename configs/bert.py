@@ -1,0 +1,80 @@
+"""BERT presets: `python -m bert_flax.train --config=configs/bert.py:<preset>`.
+
+tiny   - unit tests (seconds on a CPU)
+demo   - the CPU demo: pretrains on the Debian corpus on 2 CPU cores in ~15 minutes
+bench  - the benchmark shape (vocab 8192, 6 layers, d 512, 8 heads, d_ff 2048, seq 256, batch 8)
+base   - BERT-Base (12 layers, d 768, 12 heads, d_ff 3072)
+large  - BERT-Large (24 layers, d 1024, 16 heads, d_ff 4096)
+
+`task` selects what runs: `pretrain` (masked LM, + NSP with `pretrain.nsp=True`), or
+`classify` / `regress`: fine-tune the encoder loaded from `classify.init_from` (a pretraining
+work dir; empty = random init) with a fresh head, using the `classify` section's data, fields,
+learning rate, warmup and epochs, e.g.
+  --config.task=classify --config.classify.init_from=workdirs/bert_demo
+  --config.classify.dataset=tfds:glue/sst2 --config.classify.text_field=sentence
+  --config.classify.test_split=
+"""
+
+from ml_collections import ConfigDict
+
+from common.config import base_config
+
+# (num_layers, d_model, num_heads, d_ff)
+_SIZES = {"base": (12, 768, 12, 3072), "large": (24, 1024, 16, 4096)}
+
+
+def _model(num_layers, d_model, num_heads, d_ff, vocab_size, **kw) -> ConfigDict:
+  return ConfigDict(dict(
+      vocab_size=vocab_size, num_layers=num_layers, d_model=d_model, num_heads=num_heads,
+      d_ff=d_ff, max_len=512, type_vocab_size=2, dropout_rate=0.1, attention_dropout_rate=0.1,
+      norm_eps=1e-12, init_std=0.02, pre_norm=False, activation="gelu_exact", dtype="float32",
+      scan_layers=True, remat_policy="none") | kw)
+
+
+def get_config(preset: str = "demo") -> ConfigDict:
+  c = base_config()
+  c.task = "pretrain"
+  c.pretrain = ConfigDict(dict(
+      mask_rate=0.15, mask_token_frac=0.8, random_token_frac=0.1,
+      max_predictions=20,   # per sequence (packed row); BERT: 20 at seq 128, 80 at 512
+      whole_word=False, nsp=False, packing_bins=0))  # 0: one bin per row of the local batch
+  c.classify = ConfigDict(dict(
+      init_from="", dataset="sentiment", text_field="text", text_pair_field="",
+      label_field="label", labels="",  # comma-separated; empty: the training split's values
+      train_split="train", eval_split="validation", test_split="test",
+      seq_len=64, batch_size=32, epochs=3, learning_rate=1e-4, warmup_ratio=0.1,
+      weight_decay=0.01))
+  # BERT's AdamW: beta2 0.999, eps 1e-6, weight decay 0.01, linear warmup then linear decay.
+  c.optimizer.update(b2=0.999, eps=1e-6, weight_decay=0.01, schedule="linear", end_lr_ratio=0.0)
+  if preset == "tiny":
+    c.model = _model(2, 64, 4, 128, 512, max_len=64)
+    c.data.seq_len = 32
+    c.pretrain.max_predictions = 6
+    c.train.update(batch_size=8, num_steps=6, log_every=2, eval_every=6, eval_batches=2,
+                   checkpoint_every=3, async_checkpoint=False)
+    c.optimizer.update(learning_rate=1e-3, warmup_steps=2)
+    c.classify.update(seq_len=32, batch_size=8, epochs=2, learning_rate=1e-3)
+  elif preset == "demo":
+    c.model = _model(4, 256, 4, 1024, 8192, dtype="bfloat16")
+    c.data.seq_len = 128
+    c.train.update(batch_size=32, num_steps=2000, log_every=50, eval_every=500, eval_batches=20,
+                   checkpoint_every=500)
+    c.optimizer.update(learning_rate=1e-3, warmup_steps=100, b2=0.98)
+  elif preset == "bench":
+    c.model = _model(6, 512, 8, 2048, 8192, dropout_rate=0.0, attention_dropout_rate=0.0)
+    c.data.seq_len = 256
+    c.pretrain.max_predictions = 40
+    c.train.update(batch_size=8, num_steps=100)
+  elif preset in _SIZES:
+    layers, d, heads, ff = _SIZES[preset]
+    c.model = _model(layers, d, heads, ff, 30592, dtype="bfloat16")  # 30522 padded to 128
+    c.data.seq_len = 128
+    c.train.update(batch_size=256, num_steps=1_000_000, log_every=100, eval_every=10_000,
+                   checkpoint_every=10_000)
+    c.optimizer.update(learning_rate=1e-4, warmup_steps=10_000)
+    c.classify.update(seq_len=128, learning_rate=2e-5)
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
+  else:
+    raise ValueError(f"unknown bert preset {preset!r}; valid: tiny, demo, bench, "
+                     f"{', '.join(_SIZES)}")
+  return c
