@@ -29,7 +29,7 @@ def _labels(hf: dict) -> list[str]:
   return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
 
 
-def config_overrides(hf: dict, names: set[str]) -> dict:
+def config_overrides(hf: dict, t: Tensors) -> dict:
   def require(key: str, ok: bool, want: str) -> None:
     if not ok:
       raise ValueError(f"BERT config.json has {key}={hf.get(key)!r}; only {want} converts "
@@ -59,7 +59,7 @@ def config_overrides(hf: dict, names: set[str]) -> dict:
       out["classify.labels"] = ",".join(labels)
   else:
     out["task"] = "pretrain"
-    out["pretrain.nsp"] = arch == PRETRAIN or all(n in names for n in _NSP)
+    out["pretrain.nsp"] = arch == PRETRAIN or all(n in t for n in _NSP)
   return out
 
 
@@ -99,8 +99,8 @@ def _norm(t: Tensors, name: str, d: int) -> tuple:
   return t.take(name + ".weight", (d,)), t.take(name + ".bias", (d,))
 
 
-def import_tensors(hf: dict, cfg: ConfigDict, t: Tensors) -> dict[str, np.ndarray]:
-  m = cfg.model
+def import_tensors(hf: dict, model, t: Tensors) -> dict[str, np.ndarray]:
+  m = model.net_cfg
   d, h, f, v = m.d_model, m.num_heads, m.d_ff, hf["vocab_size"]
   hd = d // h
   out = {}
@@ -123,8 +123,7 @@ def import_tensors(hf: dict, cfg: ConfigDict, t: Tensors) -> dict[str, np.ndarra
     put(o + "mlp/wi", _linear(t, p + "intermediate.dense", d, (f,)))
     put(o + "mlp/wo", _linear(t, p + "output.dense", f, (d,)))
     put(o + "mlp_norm", _norm(t, p + "output.LayerNorm", d), ("scale", "bias"))
-  task = cfg.task
-  if task == "pretrain":
+  if m.mlm_head:
     c = "cls.predictions."
     put("mlm_transform", _linear(t, c + "transform.dense", d, (d,)))
     put("mlm_norm", _norm(t, c + "transform.LayerNorm", d), ("scale", "bias"))
@@ -135,18 +134,17 @@ def import_tensors(hf: dict, cfg: ConfigDict, t: Tensors) -> dict[str, np.ndarra
       if name in t and not np.array_equal(t.take(name, same.shape), same):
         raise ValueError(f"tensor '{name}' differs from the tensor it is tied to: an untied MLM "
                          "decoder does not convert (this BERT ties it to the word embeddings)")
-    if cfg.pretrain.nsp:
-      put("pooler", _linear(t, "bert.pooler.dense", d, (d,)))
-      put("nsp", _linear(t, "cls.seq_relationship", d, (2,)))
-  else:
-    n = 1 if task == "regress" else len(cfg.classify.labels.split(","))
+  if m.pooler:
     put("pooler", _linear(t, "bert.pooler.dense", d, (d,)))
-    put("classifier", _linear(t, "classifier", d, (n,)))
+  if m.nsp_head:
+    put("nsp", _linear(t, "cls.seq_relationship", d, (2,)))
+  if m.num_labels:
+    put("classifier", _linear(t, "classifier", d, (m.num_labels,)))
   return out
 
 
-def export_tensors(cfg: ConfigDict, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  m = cfg.model
+def export_tensors(model, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  m = model.net_cfg
   d = m.d_model
   out = {}
 
@@ -186,8 +184,8 @@ def export_tensors(cfg: ConfigDict, params: dict[str, np.ndarray]) -> dict[str, 
   return out
 
 
-def hf_config(cfg: ConfigDict, source: dict, params: dict[str, np.ndarray], vocab) -> dict:
-  m = cfg.model
+def hf_config(model, source: dict, params: dict[str, np.ndarray], vocab) -> dict:
+  m, cfg = model.net_cfg, model.cfg
   if m.pre_norm:
     raise ValueError("a pre-LN BERT (model.pre_norm=True) has no Hugging Face BERT equivalent")
   out = dict(source)

@@ -54,19 +54,19 @@ class Family:
   architectures: tuple[str, ...]     # HF architectures it imports (the first when config.json
                                      # names none)
   default_preset: str
-  # (HF config.json, HF tensor names) -> {'model.x': value, ...} overrides of the preset;
-  # raises on math this family does not implement.
-  config_overrides: Callable[[dict, set[str]], dict]
+  # (HF config.json, its tensors) -> {'model.x': value, ...} overrides of the preset; raises on
+  # math this family does not implement. May look at tensors (e.g. is a head tied?).
+  config_overrides: Callable[[dict, "Tensors"], dict]
   # (config, HF architecture, checkpoint identity or None when importing) -> our Model.
   make_model: Callable[[ConfigDict, str, dict | None], Any]
   # Our model identity (checkpoint meta) -> the HF architecture it exports as; None: not ours.
   architecture_of: Callable[[dict], str | None]
-  # (HF config, resolved config, tensors) -> canonical params with the HF vocab size.
-  import_tensors: Callable[[dict, ConfigDict, "Tensors"], dict[str, np.ndarray]]
-  # (resolved config, canonical params) -> HF state dict (what save_pretrained writes).
-  export_tensors: Callable[[ConfigDict, dict[str, np.ndarray]], dict[str, np.ndarray]]
-  # (resolved config, source HF config or {}, canonical params, vocab or None) -> config.json.
-  hf_config: Callable[[ConfigDict, dict, dict[str, np.ndarray], Any], dict]
+  # (HF config, our Model, tensors) -> canonical params with the HF vocab size.
+  import_tensors: Callable[[dict, Any, "Tensors"], dict[str, np.ndarray]]
+  # (our Model, canonical params) -> HF state dict (what save_pretrained writes).
+  export_tensors: Callable[[Any, dict[str, np.ndarray]], dict[str, np.ndarray]]
+  # (our Model, source HF config or {}, canonical params, vocab or None) -> config.json.
+  hf_config: Callable[[Any, dict, dict[str, np.ndarray], Any], dict]
   ignored: tuple[str, ...] = ()      # regexes of HF tensors that hold no weights (buffers)
 
 
@@ -292,12 +292,12 @@ def _unflatten(flat: dict[tuple, Any]) -> dict:
 # --------------------------------------------------------------------------- import / export
 
 
-def resolved_config(family: Family, hf_cfg: dict, names: set[str], *, preset: str | None = None,
+def resolved_config(family: Family, hf_cfg: dict, tensors: Tensors, *, preset: str | None = None,
                     scan_layers: bool | None = None, vocab_multiple: int = 1) -> ConfigDict:
   """The family preset with the HF model's shapes (vocab optionally padded to a multiple)."""
   if vocab_multiple < 1:
     raise ValueError(f"vocab_multiple must be >= 1, got {vocab_multiple}")
-  overrides = dict(family.config_overrides(hf_cfg, names))
+  overrides = dict(family.config_overrides(hf_cfg, tensors))
   v = overrides["model.vocab_size"]
   overrides["model.vocab_size"] = -(-v // vocab_multiple) * vocab_multiple
   if scan_layers is not None:
@@ -316,14 +316,14 @@ def import_hf(hf_dir: str, workdir: str, *, preset: str | None = None,
       os.path.join(workdir, "checkpoints")):
     raise ValueError(f"work dir {workdir} already holds checkpoints; use a new --workdir")
   tensors = Tensors(read_hf_weights(hf_dir), where=hf_dir)
-  cfg = resolved_config(family, hf_cfg, set(tensors.arrays), preset=preset,
+  cfg = resolved_config(family, hf_cfg, tensors, preset=preset,
                         scan_layers=scan_layers, vocab_multiple=vocab_multiple)
-  canonical = family.import_tensors(hf_cfg, cfg, tensors)
+  model = family.make_model(cfg, arch, None)
+  canonical = family.import_tensors(hf_cfg, model, tensors)
   unused = tensors.unused(family.ignored)
   if unused:
     raise ValueError(f"{hf_dir} holds tensors a {arch} with this config.json does not have: "
                      f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
-  model = family.make_model(cfg, arch, None)
   params = to_params(abstract_network(model), canonical)
   from common import hf_vocab  # pylint: disable=g-import-not-at-top
   vocab_path = hf_vocab.import_tokenizer(hf_dir, os.path.join(workdir, "vocab"), hf_cfg)
@@ -393,8 +393,8 @@ def export_hf(workdir: str, out_dir: str, *, step: int | None = None) -> str:
     canonical = _trim_vocab(model, canonical, vocab_size)
   from common import hf_vocab  # pylint: disable=g-import-not-at-top
   vocab = hf_vocab.workdir_vocab(workdir)
-  tensors = family.export_tensors(cfg, canonical)
-  hf_cfg = family.hf_config(cfg, hf_source, canonical, vocab)
+  tensors = family.export_tensors(model, canonical)
+  hf_cfg = family.hf_config(model, hf_source, canonical, vocab)
   os.makedirs(out_dir, exist_ok=True)
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
             os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})

