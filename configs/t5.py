@@ -59,11 +59,11 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.rouge.update(num_examples=8, batch_size=8, max_decode_len=8)
     c.infer.update(beam_size=2, max_decode_len=8, batch_size=8)
   elif preset == "demo":
-    c.model = _model(4, 4, 256, 4, 64, 1024, 8192, dtype="bfloat16")
+    c.model = _model(4, 4, 256, 4, 64, 768, 8192, dtype="bfloat16")
     c.data.update(max_input_len=128, max_target_len=32)
-    c.train.update(batch_size=32, num_steps=1200, log_every=50, eval_every=400, eval_batches=10,
-                   checkpoint_every=400)
-    c.optimizer.update(learning_rate=0.01, warmup_steps=200)
+    c.train.update(batch_size=32, num_steps=600, log_every=25, eval_every=300, eval_batches=10,
+                   checkpoint_every=300)
+    c.optimizer.update(learning_rate=0.01, warmup_steps=100)
     c.rouge.update(num_examples=256, batch_size=64, max_decode_len=32)
     c.infer.update(max_decode_len=32)
   elif preset == "bench":
