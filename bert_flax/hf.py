@@ -14,7 +14,6 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from bert_flax.model import BertClassifierModel, BertPretrainModel
-from bert_flax.network import BertConfig
 from common.convert import Family, Tensors
 
 MLM, PRETRAIN, CLASSIFY = "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification"

@@ -21,13 +21,11 @@ has the shape config.json implies, and is used.
 from __future__ import annotations
 
 import dataclasses
-import glob
+import functools
 import importlib
 import json
 import os
 import re
-import shutil
-import sys
 from typing import Any, Callable
 
 import jax
@@ -38,6 +36,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from common import config as config_lib
+from common import entry
 from common.checkpoint import Checkpointer, load_params, resolve_checkpoint
 from common.transformer import LayerStack
 
@@ -422,43 +421,50 @@ def _trim_vocab(model: Any, canonical: dict[str, np.ndarray], vocab_size: int) -
 
 # --------------------------------------------------------------------------- command line
 
-_HF_DIR = flags.DEFINE_string("hf_dir", None, "Import: a local Hugging Face model directory.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Import: the work dir to create. Export: the "
-                               "work dir (imported or trained) to read.")
-_EXPORT_TO = flags.DEFINE_string("export_to", None, "Export: the Hugging Face directory to write.")
-_PRESET = flags.DEFINE_string("preset", None, "Import: configs/<family>.py preset the HF shapes "
-                              "override (default: the family's).")
-_SCAN = flags.DEFINE_bool("scan_layers", None, "Import: stacked (scanned) layer parameters "
-                          "(default: the preset's).")
-_VOCAB_MULTIPLE = flags.DEFINE_integer("vocab_multiple", 1, "Import: zero-pad the vocab to a "
-                                       "multiple (e.g. 128, as the GPT presets do); export trims.")
-_STEP = flags.DEFINE_integer("step", None, "Export: checkpoint step (default: latest).")
+def _define_flags() -> dict[str, flags.FlagHolder]:
+  """Defined by the command line only: importing this module defines no flags (--workdir is
+  common.entry's)."""
+  return {
+      "hf_dir": flags.DEFINE_string("hf_dir", None, "Import: a local Hugging Face model "
+                                    "directory (config.json + weights [+ tokenizer])."),
+      "export_to": flags.DEFINE_string("export_to", None, "Export: the Hugging Face directory "
+                                       "to write from --workdir."),
+      "preset": flags.DEFINE_string("preset", None, "Import: the configs/<family>.py preset the "
+                                    "HF shapes override (default: the family's)."),
+      "scan_layers": flags.DEFINE_bool("scan_layers", None, "Import: stacked (scanned) layer "
+                                       "parameters (default: the preset's)."),
+      "vocab_multiple": flags.DEFINE_integer("vocab_multiple", 1, "Import: zero-pad the vocab "
+                                             "to a multiple (e.g. 128, as our presets do); "
+                                             "export trims it back."),
+      "step": flags.DEFINE_integer("step", None, "Export: checkpoint step (default: latest)."),
+  }
 
 
-@config_lib.exit_on_error
-def main(argv) -> None:
+def main(f: dict[str, flags.FlagHolder], argv) -> None:
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}")
-  if not _WORKDIR.value:
-    raise ValueError("--workdir is required")
-  if bool(_HF_DIR.value) == bool(_EXPORT_TO.value):
+  workdir = entry.workdir()
+  if bool(f["hf_dir"].value) == bool(f["export_to"].value):
     raise ValueError("give exactly one of --hf_dir (import) or --export_to (export)")
-  if _HF_DIR.value:
-    cfg = import_hf(_HF_DIR.value, _WORKDIR.value, preset=_PRESET.value,
-                    scan_layers=_SCAN.value, vocab_multiple=_VOCAB_MULTIPLE.value)
-    family, _ = family_for(read_hf_config(_HF_DIR.value), _HF_DIR.value)
-    preset = _PRESET.value or family.default_preset
+  if f["hf_dir"].value:
+    hf_dir, preset = f["hf_dir"].value, f["preset"].value
+    cfg = import_hf(hf_dir, workdir, preset=preset, scan_layers=f["scan_layers"].value,
+                    vocab_multiple=f["vocab_multiple"].value)
+    family, _ = family_for(read_hf_config(hf_dir), hf_dir)
+    preset = preset or family.default_preset
     base = preset_config(family, preset).model
-    flags_ = [f"--config.model.{k}={v}" for k, v in cfg.model.items() if base.get(k) != v]
-    print(f"imported {_HF_DIR.value} -> {_WORKDIR.value}; its model is configs/{family.name}.py:"
-          f"{preset} {' '.join(flags_)}; load it with init_params_from={_WORKDIR.value}")
+    overrides = " ".join(f"--config.model.{k}={v}" for k, v in cfg.model.items()
+                         if base.get(k) != v)
+    print(f"imported {hf_dir} -> {workdir}; its model is configs/{family.name}.py:{preset} "
+          f"{overrides}; fine-tune or run it with the params in {workdir}")
   else:
-    out = export_hf(_WORKDIR.value, _EXPORT_TO.value, step=_STEP.value)
-    print(f"exported {_WORKDIR.value} -> {out}")
+    out = export_hf(workdir, f["export_to"].value, step=f["step"].value)
+    print(f"exported {workdir} -> {out}")
 
 
 def cli() -> None:
-  app.run(main)
+  holders = _define_flags()
+  app.run(config_lib.exit_on_error(functools.partial(main, holders)))
 
 
 if __name__ == "__main__":

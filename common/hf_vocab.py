@@ -130,9 +130,12 @@ class TokenizersVocab:
     return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
   def decode(self, ids: Iterable[int]) -> str:
-    """Text for `ids`: stops at the first eos, drops pad and other special tokens."""
+    """Text for `ids`: stops at the first eos, drops pad and other special tokens. Leading bos
+    ids are a document start, not an end, even where bos == eos (GPT-2's <|endoftext|>)."""
     out = []
     for i in (int(i) for i in ids):
+      if i == self.bos_id and not out:
+        continue
       if i == self.eos_id:
         break
       if not 0 <= i < self.vocab_size:

@@ -2,6 +2,7 @@
 unscanned, safetensors and PyTorch state_dicts, default and non-default epsilon), exported back
 bit-exactly, unsupported variants rejected, and generation with the model's own tokenizer.json."""
 
+import json
 import os
 
 import numpy as np
@@ -13,10 +14,15 @@ transformers = pytest.importorskip("transformers")
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
 
-from common import convert  # pylint: disable=g-import-not-at-top
+from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+
+from common import convert, trainer  # pylint: disable=g-import-not-at-top
+from common.data.pipeline import lm_dataset  # pylint: disable=g-import-not-at-top
+from common.data.sources import open_source  # pylint: disable=g-import-not-at-top
 from common.hf_vocab import TokenizersVocab  # pylint: disable=g-import-not-at-top
 from common.vocab import load_vocab  # pylint: disable=g-import-not-at-top
 from gpt_flax.generate import generate_text, generate_tokens  # pylint: disable=g-import-not-at-top
+from gpt_flax.model import GPTModel  # pylint: disable=g-import-not-at-top
 from flax import nnx  # pylint: disable=g-import-not-at-top
 
 V, L = 96, 16
@@ -186,3 +192,19 @@ def test_imported_gpt2_generates_with_its_own_tokenizer(tmp_path):
   fast = transformers.AutoTokenizer.from_pretrained(out)
   assert fast(prompts[0])["input_ids"] == tok.encode(prompts[0]).ids
   assert fast.eos_token == "<|endoftext|>"
+
+  # Fine-tune: the imported work dir is what init_params_from loads, its tokenizer feeds the
+  # grain pipeline, on the 8-device mesh.
+  with open(tmp_path / "train.jsonl", "w") as f:
+    f.writelines(json.dumps({"text": " ".join(prompts * 3)}) + "\n" for _ in range(16))
+  cfg = ConfigDict(json.load(open(tmp_path / "wd" / "config.json")))
+  cfg.data.seq_len = 16
+  cfg.train.update(batch_size=8, num_steps=2, log_every=1, checkpoint_every=2, eval_every=2,
+                   async_checkpoint=False)
+  source = open_source(f"jsonl:{tmp_path}/train.jsonl", "train", str(tmp_path))
+  result = trainer.train(
+      GPTModel(cfg), cfg, str(tmp_path / "ft"), make_eval_iter=None,
+      make_train_iter=lambda: iter(lm_dataset(source, vocab, text_field="text", seq_len=16,
+                                              batch_size=8, seed=0)),
+      init_params_from=str(tmp_path / "wd"))
+  assert result.start_step == 0 and np.isfinite(result.history[-1]["loss"])
