@@ -67,6 +67,7 @@ class Family:
   # (our Model, source HF config or {}, canonical params, vocab or None) -> config.json.
   hf_config: Callable[[Any, dict, dict[str, np.ndarray], Any], dict]
   ignored: tuple[str, ...] = ()      # regexes of HF tensors that hold no weights (buffers)
+  sp_tokenizer_class: str | None = None  # HF class that reads an exported spiece.model
 
 
 # --------------------------------------------------------------------------- reading HF files
@@ -76,7 +77,12 @@ class Tensors:
   """A Hugging Face state dict that records what was read, so misses and leftovers are errors."""
 
   def __init__(self, arrays: dict[str, np.ndarray], where: str):
-    self.arrays, self.where, self.used = arrays, where, set()
+    # Old TF-converted checkpoints (e.g. the original bert-base-*) name LayerNorm parameters
+    # gamma/beta; transformers renames them on load, and so do we.
+    renamed = {re.sub(r"(LayerNorm)\.gamma$", r"\1.weight",
+                      re.sub(r"(LayerNorm)\.beta$", r"\1.bias", k)): v for k, v in arrays.items()}
+    self.arrays = renamed if len(renamed) == len(arrays) else arrays
+    self.where, self.used = where, set()
 
   def __contains__(self, name: str) -> bool:
     return name in self.arrays
@@ -400,7 +406,7 @@ def export_hf(workdir: str, out_dir: str, *, step: int | None = None) -> str:
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(hf_cfg, f, indent=2, sort_keys=True)
   if vocab is not None:
-    hf_vocab.export_tokenizer(vocab, out_dir)
+    hf_vocab.export_tokenizer(vocab, out_dir, family.sp_tokenizer_class)
   return out_dir
 
 

@@ -1,6 +1,7 @@
 """Vocabulary backend for Hugging Face `tokenizer.json` files (GPT-2 byte-level BPE, BERT
-WordPiece, ...), read locally with the `tokenizers` library behind `common.vocab.Vocabulary`,
-plus moving tokenizers between Hugging Face model directories and work dirs.
+WordPiece, ...), read locally with the `tokenizers` library behind `common.vocab.Vocabulary`;
+Hugging Face T5's `spiece.model` (our SentencePiece ids, but no bos); and moving tokenizers
+between Hugging Face model directories and work dirs.
 
 Special-token ids are the source tokenizer's own (GPT-2: bos = eos = unk = pad =
 <|endoftext|>; BERT: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103), not the
@@ -16,9 +17,12 @@ import os
 import shutil
 from typing import Iterable
 
+import sentencepiece as spm
+from absl import logging
 from tokenizers import Tokenizer
 
-from common.vocab import Vocabulary, atomic_write_bytes, load_vocab
+from common.vocab import (EOS_ID, PAD_ID, UNK_ID, SentencePieceVocab, Vocabulary,
+                          atomic_write_bytes, load_vocab, sidecar_path)
 
 ROLES = ("pad", "eos", "unk", "bos", "cls", "sep", "mask")
 # Well-known spellings, most specific first; BERT has no eos/bos and uses [SEP]/[CLS].
@@ -168,15 +172,76 @@ class TokenizersVocab:
     return target
 
 
+class NoBosSentencePieceVocab(SentencePieceVocab):
+  """A SentencePiece model with pad 0 / eos 1 / unk 2 and no bos (Hugging Face T5's
+  spiece.model). `bos_id` is pad, T5's decoder-start token; everything else is
+  SentencePieceVocab. `load_vocab` picks it from the sidecar's backend."""
+
+  BACKEND = "sentencepiece_nobos"
+
+  def __init__(self, model_path: str, extra_ids: int = 0):  # pylint: disable=super-init-not-called
+    if not os.path.isfile(model_path):
+      raise FileNotFoundError(f"SentencePiece model '{model_path}' not found")
+    if extra_ids < 0:
+      raise ValueError(f"extra_ids must be >= 0, got {extra_ids}")
+    sp = spm.SentencePieceProcessor(model_file=model_path)
+    actual = {"pad": sp.pad_id(), "eos": sp.eos_id(), "unk": sp.unk_id(), "bos": sp.bos_id()}
+    if actual != {"pad": PAD_ID, "eos": EOS_ID, "unk": UNK_ID, "bos": -1}:
+      raise ValueError(f"SentencePiece model '{model_path}' has special ids {actual}; expected "
+                       "T5's pad 0, eos 1, unk 2 and no bos")
+    self.model_path, self.extra_ids, self._sp, self._sp_size = (
+        model_path, extra_ids, sp, sp.get_piece_size())
+    self.vocab_size = self._sp_size + extra_ids
+    self.pad_id, self.eos_id, self.unk_id, self.bos_id = PAD_ID, EOS_ID, UNK_ID, PAD_ID
+
+  def save_to(self, directory: str) -> str:
+    target = super().save_to(directory)
+    with open(sidecar_path(target)) as f:
+      meta = json.load(f)
+    meta["backend"] = self.BACKEND
+    atomic_write_bytes(sidecar_path(target), json.dumps(meta, indent=2).encode())
+    return target
+
+
+def _sentencepiece_vocab(path: str, extra_ids: int) -> SentencePieceVocab | None:
+  """Ours (bos 3) or T5's (no bos); None for a model with other special ids."""
+  for cls in (SentencePieceVocab, NoBosSentencePieceVocab):
+    try:
+      return cls(path, extra_ids=extra_ids)
+    except ValueError:
+      continue
+  return None
+
+
 # --------------------------------------------------------------------------- HF dirs <-> work dirs
 
 
+def _extra_ids(hf_dir: str, hf_cfg: dict, sp_size: int) -> int:
+  """T5 sentinels: tokenizer_config.json's extra_ids, else HF's default 100 when the model's
+  vocab has room for them (T5: 32000 pieces + 100 sentinels, padded to 32128), else 0."""
+  path = os.path.join(hf_dir, "tokenizer_config.json")
+  if os.path.isfile(path):
+    with open(path) as f:
+      config = json.load(f)
+    if "extra_ids" in config:
+      return int(config["extra_ids"])
+  return 100 if hf_cfg.get("vocab_size", 0) >= sp_size + 100 else 0
+
+
 def import_tokenizer(hf_dir: str, vocab_dir: str, hf_cfg: dict) -> str | None:
-  """Copies the HF directory's tokenizer into `vocab_dir`; returns its path (None: it has none)."""
-  del hf_cfg  # special ids in config.json are often stale (GPT-2 keeps 50256); files decide
+  """Copies the HF directory's tokenizer into `vocab_dir`: spiece.model (T5) in SentencePiece
+  form, else tokenizer.json. Returns its path; None (with a warning) when there is none."""
+  spiece = os.path.join(hf_dir, "spiece.model")
+  if os.path.isfile(spiece):
+    size = spm.SentencePieceProcessor(model_file=spiece).get_piece_size()
+    vocab = _sentencepiece_vocab(spiece, _extra_ids(hf_dir, hf_cfg, size))
+    if vocab is not None:
+      return vocab.save_to(vocab_dir)
+    logging.warning("%s has special ids this library does not support; not imported", spiece)
   path = os.path.join(hf_dir, "tokenizer.json")
   if os.path.isfile(path):
     return TokenizersVocab(path, hf_special_tokens(hf_dir)).save_to(vocab_dir)
+  logging.warning("%s has no spiece.model or tokenizer.json: the work dir gets no vocab/", hf_dir)
   return None
 
 
@@ -185,10 +250,21 @@ def workdir_vocab(workdir: str) -> Vocabulary | None:
   return load_vocab(vocab_dir) if os.path.isdir(vocab_dir) else None
 
 
-def export_tokenizer(vocab: Vocabulary, out_dir: str) -> None:
-  """tokenizer.json (+ tokenizer_config.json naming the special tokens) into an HF directory."""
+def export_tokenizer(vocab: Vocabulary, out_dir: str, sp_tokenizer_class: str | None) -> None:
+  """The work dir's tokenizer into an HF directory: tokenizer.json, or a SentencePiece model as
+  spiece.model (loadable by `sp_tokenizer_class`, e.g. T5Tokenizer), each with a
+  tokenizer_config.json naming its special tokens."""
   if isinstance(vocab, TokenizersVocab):
     shutil.copyfile(vocab.path, os.path.join(out_dir, "tokenizer.json"))
     config = {f"{role}_token": text for role, text in vocab.special_tokens.items()}
-    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-      json.dump(config, f, indent=2, sort_keys=True)
+  elif isinstance(vocab, SentencePieceVocab):
+    shutil.copyfile(vocab.model_path, os.path.join(out_dir, "spiece.model"))
+    sp = spm.SentencePieceProcessor(model_file=vocab.model_path)
+    config = {"extra_ids": vocab.extra_ids, "pad_token": sp.id_to_piece(vocab.pad_id),
+              "eos_token": sp.id_to_piece(vocab.eos_id), "unk_token": sp.id_to_piece(vocab.unk_id)}
+    if sp_tokenizer_class:
+      config["tokenizer_class"] = sp_tokenizer_class
+  else:
+    return
+  with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+    json.dump(config, f, indent=2, sort_keys=True)

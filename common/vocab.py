@@ -198,9 +198,13 @@ def load_vocab(path_or_dir: str) -> Vocabulary:
             raise FileNotFoundError(f"expected exactly one *.model in '{path}', found "
                                     f"{[os.path.basename(m) for m in models]}")
         path = models[0]
-    extra_ids = 0
+    extra_ids, backend = 0, "sentencepiece"
     if os.path.isfile(sidecar_path(path)):
         with open(sidecar_path(path)) as f:
-            extra_ids = int(json.load(f).get("extra_ids", 0))
+            meta = json.load(f)
+        extra_ids, backend = int(meta.get("extra_ids", 0)), meta.get("backend", backend)
+    if backend == "sentencepiece_nobos":  # a Hugging Face T5 spiece.model (common/hf_vocab.py)
+        from common.hf_vocab import NoBosSentencePieceVocab  # pylint: disable=g-import-not-at-top
+        return NoBosSentencePieceVocab(path, extra_ids=extra_ids)
     return SentencePieceVocab(path, extra_ids=extra_ids)
 

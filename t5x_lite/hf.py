@@ -198,4 +198,5 @@ def hf_config(model: T5Model, source: dict, params: dict[str, np.ndarray], vocab
 FAMILY = Family(
     name="t5", model_type="t5", architectures=(ARCH,), default_preset="base",
     config_overrides=config_overrides, make_model=make_model, architecture_of=architecture_of,
-    import_tensors=import_tensors, export_tensors=export_tensors, hf_config=hf_config)
+    import_tensors=import_tensors, export_tensors=export_tensors, hf_config=hf_config,
+    sp_tokenizer_class="T5Tokenizer")

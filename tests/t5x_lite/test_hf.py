@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
 
-from common import convert  # pylint: disable=g-import-not-at-top
+from common import convert, entry  # pylint: disable=g-import-not-at-top
 
 V, S, T = 80, 20, 14
 
@@ -101,3 +101,34 @@ def test_unsupported_activation_is_rejected(tmp_path, proj):
   _hf_model(feed_forward_proj=proj).save_pretrained(tmp_path / "hf")
   with pytest.raises(ValueError, match=f"feed_forward_proj='{proj}'"):
     convert.import_hf(str(tmp_path / "hf"), str(tmp_path / "wd"), preset="tiny")
+
+
+def test_spiece_tokenizer_travels(tmp_path):
+  """T5's spiece.model (pad 0 / eos 1 / unk 2, no bos) + sentinels -> vocab/ -> export."""
+  import io
+  import sentencepiece as spm
+  rng = np.random.default_rng(0)
+  words = ["alpha", "beta", "gamma", "delta", "flax", "jax", "token", "model", "the", "a"]
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter([" ".join(rng.choice(words, 10)) for _ in range(200)]),
+      model_writer=model, vocab_size=60, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      hard_vocab_limit=False, minloglevel=2)
+  src = tmp_path / "hf"
+  _hf_model(**T5_1_1).save_pretrained(src)
+  (src / "spiece.model").write_bytes(model.getvalue())
+  (src / "tokenizer_config.json").write_text('{"extra_ids": 10}')
+  cfg = convert.import_hf(str(src), str(tmp_path / "wd"), preset="tiny")
+  cfg.data.extra_ids = 10
+  vocab = entry.load_checked_vocab(cfg, extra_ids=10)  # what t5x_lite.train does
+  sp = spm.SentencePieceProcessor(model_file=str(src / "spiece.model"))
+  assert vocab.vocab_size == sp.get_piece_size() + 10
+  assert (vocab.pad_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2)
+  assert vocab.sentinel_id(0) == vocab.vocab_size - 1
+  text = "the flax model"
+  assert vocab.encode(text) == sp.encode(text) and vocab.decode(vocab.encode(text)) == text
+  out = convert.export_hf(str(tmp_path / "wd"), str(tmp_path / "ex"))
+  assert (tmp_path / "ex" / "spiece.model").read_bytes() == model.getvalue()
+  hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+  assert hf_tok(text, add_special_tokens=False)["input_ids"] == sp.encode(text)
+  assert hf_tok.convert_tokens_to_ids("<extra_id_0>") == vocab.sentinel_id(0)
