@@ -9,23 +9,24 @@
 #       in the TRAIN split),
 # with example outputs and the wall time of every stage.
 #
-#   bash benchmarks/t5_pretrain_finetune.sh        # env: DATA_DIR OUT PRE_STEPS FT_STEPS TEST_N
+#   bash benchmarks/t5_pretrain_finetune.sh   # env: DATA_DIR OUT PRE_STEPS FT_STEPS BATCH TEST_N
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR=${DATA_DIR:-/work/data}
 OUT=${OUT:-workdirs/t5_pretrain_finetune}
 PRE_STEPS=${PRE_STEPS:-600}
 FT_STEPS=${FT_STEPS:-300}
+BATCH=${BATCH:-32}
 TEST_N=${TEST_N:-1000}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD
-BASE=(--config=configs/t5.py:demo --config.data.data_dir="$DATA_DIR")
+BASE=(--config=configs/t5.py:demo --config.data.data_dir="$DATA_DIR" --config.train.batch_size="$BATCH")
 # T5's fine-tuning recipe: Adafactor, constant learning rate 1e-3; synopses longer than 32
 # tokens (a handful) are truncated.
 FT=(--config.task=summarize --config.optimizer.schedule=constant
     --config.optimizer.learning_rate=0.001 --config.optimizer.warmup_steps=0
     --config.data.max_target_len=32 --config.data.truncate_targets=True
-    --config.rouge.num_examples=256 --config.train.checkpoint_every=100000)
+    --config.rouge.num_examples=128 --config.train.checkpoint_every=100000)
 
 stage() {  # stage NAME CMD...: runs CMD, logs to $OUT/NAME.log, records the wall time
   local name=$1; shift

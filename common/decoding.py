@@ -138,8 +138,8 @@ def beam_search(step_fn: StepFn, cache: Any, prompt_BxP: jax.Array, prompt_mask_
   Each step extends every live beam by every token, keeps the 2K best candidates, moves
   those ending in EOS to the finished set (scored log-prob / brevity_penalty(length, alpha))
   and the K best others stay live. It stops once no live beam, even at the longest length,
-  could beat the worst finished one, or after `max_new_tokens`. An example with no finished
-  hypothesis returns its live ones. With beam_size=1 and alpha=0 this is greedy decoding.
+  could beat the worst finished one, or after `max_new_tokens`, when live hypotheses compete
+  with the finished ones. With beam_size=1 and alpha=0 this is greedy decoding.
 
   `cache` must hold B * beam_size rows (row b * K + k is beam k of example b); rows that the
   step function reads from elsewhere (T5's encoder output) must be repeated likewise.
@@ -199,8 +199,10 @@ def beam_search(step_fn: StepFn, cache: Any, prompt_BxP: jax.Array, prompt_mask_
            jnp.full((batch, k), _NEG, jnp.float32), jnp.zeros((batch, k), jnp.int32))
   i, _, _, alive_seq, alive_lp, fin_seq, fin_score, fin_len = jax.lax.while_loop(
       cond, body, carry)
-  none_finished = fin_score[:, :1] <= _NEG / 2
-  tokens = jnp.where(none_finished[:, :, None], alive_seq, fin_seq)
-  lengths = jnp.where(none_finished, i, fin_len)
-  scores = jnp.where(none_finished, alive_lp / brevity_penalty(i, alpha), fin_score)
+  # Live hypotheses that reached the length limit compete with the finished ones (as in
+  # Hugging Face's beam search; T5X returns live ones only when nothing finished).
+  alive_score = jnp.where(alive_lp > _NEG / 2, alive_lp / brevity_penalty(i, alpha), _NEG)
+  scores, idx = jax.lax.top_k(jnp.concatenate([fin_score, alive_score], 1), k)
+  tokens = take(jnp.concatenate([fin_seq, alive_seq], 1), idx)
+  lengths = take(jnp.concatenate([fin_len, jnp.full_like(fin_len, i)], 1), idx)
   return tokens, lengths, scores
