@@ -1,0 +1,505 @@
+"""Scaling-law study in one command: `python -m gpt_flax.scaling --preset=quick --workdir=DIR`.
+
+Trains a grid of GPT sizes x token budgets, each run in its own work dir DIR/runs/<name> through
+`gpt_flax.train.run` (so `common.trainer.train` resumes an interrupted run from its checkpoint,
+and a finished run -- one with result.json -- is never repeated), then fits power laws
+(gpt_flax/scaling_fit.py) and writes DIR/runs.csv, DIR/fit.json and PNG plots.
+
+Conventions (Kaplan et al. 2020): N counts non-embedding parameters (token and position
+embeddings excluded; the tied output projection is the token embedding, so it is excluded too);
+D = steps x batch x seq_len tokens; C = D (6 N + 12 L T d) training FLOPs, the attention
+score/value matmuls included (the trainer's PaLM accounting without the vocabulary projection).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import ConfigDict
+
+from common import config as config_lib
+from common import entry
+from configs.gpt import get_config
+from gpt_flax import scaling_fit
+from gpt_flax import train as gpt_train
+from gpt_flax.model import GPTModel
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  d_model: int
+  num_layers: int
+  num_heads: int
+
+  @property
+  def name(self) -> str:
+    return f"d{self.d_model:04d}l{self.num_layers:02d}"
+
+
+def parse_sizes(spec: str) -> tuple[Size, ...]:
+  """'32x1,64x2,256x4x8' -> sizes (d_model x layers [x heads]; heads default to d_model/32,
+  at least 2)."""
+  sizes = []
+  for item in spec.split(","):
+    parts = item.strip().lower().split("x")
+    if len(parts) not in (2, 3) or not all(p.isdigit() and int(p) > 0 for p in parts):
+      raise ValueError(f"bad size {item!r} in {spec!r}; expected D_MODELxLAYERS[xHEADS], "
+                       "e.g. 64x2 or 256x4x8")
+    d, layers = int(parts[0]), int(parts[1])
+    heads = int(parts[2]) if len(parts) == 3 else max(2, d // 32)
+    if d % heads:
+      raise ValueError(f"bad size {item!r}: d_model {d} is not divisible by {heads} heads")
+    sizes.append(Size(d, layers, heads))
+  return tuple(sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """Every size is trained at every step budget (a full cosine schedule per run)."""
+  sizes: tuple[Size, ...]
+  steps: tuple[int, ...]
+  batch_size: int
+  seq_len: int
+  eval_batches: int
+  evals_per_run: int = 2
+  log_every: int = 10
+  base_lr: float = 2e-3   # the demo preset's tuned rate at d_model 256
+  vocab_size: int = 8192
+
+  def learning_rate(self, size: Size) -> float:
+    """base_lr at d_model 256, scaled by sqrt(256 / d_model): narrower nets take larger steps."""
+    return round(self.base_lr * math.sqrt(256 / size.d_model), 6)
+
+
+# Budgets are for 2 dedicated CPU cores (measured throughput, see the report in the README).
+PRESETS = {
+    # 6 sizes, 12.8k..595k non-embedding params (46x), x 2 budgets (102k, 307k tokens).
+    "quick": Sweep(sizes=parse_sizes("32x1,48x1,64x1,64x2,96x2,128x3"), steps=(100, 300),
+                   batch_size=16, seq_len=64, eval_batches=16),
+    # 7 sizes, 12.8k..3.2M non-embedding params (250x), x 3 budgets (164k..1.0M tokens).
+    "cpu": Sweep(sizes=parse_sizes("32x1,48x1,64x2,96x2,128x3,192x3,256x4"),
+                 steps=(80, 200, 500), batch_size=16, seq_len=128, eval_batches=24,
+                 evals_per_run=4),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  size: Size
+  steps: int
+
+  @property
+  def name(self) -> str:
+    return f"{self.size.name}_s{self.steps:06d}"
+
+
+def plan(sweep: Sweep) -> list[Run]:
+  """Smallest budget first, so an interrupted sweep already covers every size."""
+  return [Run(size, steps) for steps in sorted(sweep.steps) for size in sweep.sizes]
+
+
+def run_config(sweep: Sweep, run: Run, data: dict) -> ConfigDict:
+  """The GPT config of one run (the demo preset's optimizer and trainer settings otherwise)."""
+  s = run.size
+  cfg = get_config("demo")
+  cfg.model.update(vocab_size=sweep.vocab_size, max_len=sweep.seq_len, num_layers=s.num_layers,
+                   d_model=s.d_model, num_heads=s.num_heads, d_ff=4 * s.d_model,
+                   dtype="float32")
+  cfg.data.update(seq_len=sweep.seq_len, **data)
+  every = max(1, run.steps // sweep.evals_per_run)
+  cfg.train.update(batch_size=sweep.batch_size, num_steps=run.steps,
+                   log_every=min(sweep.log_every, run.steps), eval_every=every,
+                   eval_batches=sweep.eval_batches, checkpoint_every=every, keep_checkpoints=1)
+  cfg.optimizer.update(learning_rate=sweep.learning_rate(s),
+                       warmup_steps=max(1, min(100, run.steps // 10)))
+  cfg.sample.prompts = []
+  return cfg
+
+
+def counts(cfg: ConfigDict) -> dict:
+  """Parameter counts and training FLOPs per token of one config (see module docstring)."""
+  model = GPTModel(cfg)
+  c = model.net_cfg
+  n = model.num_params(non_embedding=True)
+  return {"N": n, "N_total": model.num_params(non_embedding=False),
+          "flops_per_token": 6.0 * n + 12.0 * c.num_layers * c.d_model * cfg.data.seq_len,
+          "flops_per_token_with_logits": model.flops_per_token()}
+
+
+# ----------------------------------------------------------------------------------------
+# Running the sweep.
+
+_IGNORED_KEYS = ("data_dir", "tokenizer")  # where the data lives may move between sessions
+
+
+def _comparable(cfg_dict: dict) -> dict:
+  out = json.loads(json.dumps(cfg_dict))
+  for k in _IGNORED_KEYS:
+    out.get("data", {}).pop(k, None)
+  return out
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _check_same_run(rundir: str, cfg: ConfigDict) -> None:
+  path = os.path.join(rundir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = _comparable(json.load(f))
+  planned = _comparable(json.loads(cfg.to_json_best_effort()))
+  if saved != planned:
+    diffs = [k for k in sorted(set(saved) | set(planned)) if saved.get(k) != planned.get(k)]
+    raise ValueError(f"{rundir} holds a run with a different config (sections {diffs}); use "
+                     "a new --workdir for a different sweep")
+
+
+def run_one(sweep: Sweep, run: Run, data: dict, workdir: str) -> dict:
+  """Trains (or resumes, or just reads back) one run; returns its record."""
+  rundir = os.path.join(workdir, "runs", run.name)
+  cfg = run_config(sweep, run, data)
+  _check_same_run(rundir, cfg)
+  result_path = os.path.join(rundir, "result.json")
+  if os.path.exists(result_path):
+    with open(result_path) as f:
+      print(f"scaling | {run.name}: finished earlier, skipped", flush=True)
+      return json.load(f)
+  timing_path = os.path.join(rundir, "timing.json")
+  timing = {"wall_s": 0.0, "cpu_s": 0.0, "sessions": 0}
+  if os.path.exists(timing_path):
+    with open(timing_path) as f:
+      timing = json.load(f)
+  print(f"scaling | {run.name}: training {run.steps} steps", flush=True)
+  t0, c0 = time.time(), time.process_time()
+  try:
+    result = gpt_train.run(cfg, rundir)
+  finally:
+    # An interrupted run's time is kept and added to when it resumes.
+    os.makedirs(rundir, exist_ok=True)
+    timing = {"wall_s": timing["wall_s"] + time.time() - t0,
+              "cpu_s": timing["cpu_s"] + time.process_time() - c0,
+              "sessions": timing["sessions"] + 1}
+    _write_json(timing_path, timing)
+  ev = result.eval_metrics
+  tokens = run.steps * sweep.batch_size * sweep.seq_len
+  n = counts(cfg)
+  record = {"name": run.name, "d_model": run.size.d_model, "num_layers": run.size.num_layers,
+            "num_heads": run.size.num_heads, "N": n["N"], "N_total": n["N_total"],
+            "steps": run.steps, "batch_size": sweep.batch_size, "seq_len": sweep.seq_len,
+            "D": tokens, "C": tokens * n["flops_per_token"], "C_6ND": 6.0 * n["N"] * tokens,
+            "C_with_logits": tokens * n["flops_per_token_with_logits"],
+            "learning_rate": cfg.optimizer.learning_rate, "val_loss": ev["loss"],
+            "val_perplexity": ev["perplexity"], "val_accuracy": ev["correct"],
+            "val_tokens": ev["tokens"], **timing}
+  _write_json(result_path, record)
+  return record
+
+
+def learning_curve(rundir: str) -> dict[str, np.ndarray]:
+  """Train and eval loss by step from metrics.jsonl (a resumed run re-logs some steps: the last
+  record of a step wins)."""
+  train, evals = {}, {}
+  path = os.path.join(rundir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        rec = json.loads(line)
+        if "train/loss" in rec:
+          train[rec["step"]] = rec["train/loss"]
+        if "eval/loss" in rec:
+          evals[rec["step"]] = rec["eval/loss"]
+  as_arrays = lambda d: (np.array(sorted(d), dtype=float), np.array([d[k] for k in sorted(d)]))
+  (ts, tl), (es, el) = as_arrays(train), as_arrays(evals)
+  return {"train_steps": ts, "train_loss": tl, "eval_steps": es, "eval_loss": el}
+
+
+CSV_FIELDS = ("name", "d_model", "num_layers", "num_heads", "N", "N_total", "steps",
+              "batch_size", "seq_len", "D", "C", "C_6ND", "C_with_logits", "learning_rate",
+              "val_loss", "val_perplexity", "val_accuracy", "val_tokens", "wall_s", "cpu_s",
+              "sessions")
+
+
+def write_csv(records: list[dict], path: str) -> None:
+  with open(path + ".tmp", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for r in records:
+      w.writerow({k: r[k] for k in CSV_FIELDS})
+  os.replace(path + ".tmp", path)
+
+
+def fit_records(records: list[dict], n_boot: int) -> dict:
+  arr = lambda k: np.array([r[k] for r in records], dtype=float)
+  out = scaling_fit.fit_all(arr("N"), arr("D"), arr("C"), arr("val_loss"), n_boot=n_boot)
+  out["runs"] = [r["name"] for r in records]
+  out["conventions"] = {
+      "N": "non-embedding parameters (token/position embeddings excluded, Kaplan)",
+      "D": "training tokens = steps x batch x seq_len",
+      "C": "training FLOPs = D (6 N + 12 L T d), attention included, vocabulary projection not",
+      "parametric": "Chinchilla approach 3 on all runs; N_opt = G (C/6)^a in the C = 6ND "
+                    "convention",
+      "intervals": "68% residual-bootstrap intervals on log loss (16th-84th percentile)",
+      "loss": "final validation loss in nats per token (the run's own tokenizer)"}
+  return out
+
+
+def _fmt(fit: dict, key: str) -> str:
+  if "skipped" in fit:
+    return f"skipped ({fit['skipped']})"
+  v, ci = fit["value"][key], fit["ci68"].get(key, [float("nan")] * 2)
+  return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def summary(fit: dict) -> str:
+  """The fitted exponents next to Kaplan's and Chinchilla's published values."""
+  k, ch = scaling_fit.PUBLISHED["kaplan"], scaling_fit.PUBLISHED["chinchilla"]
+  rows = [
+      ("alpha_N  L(N) = (N_c/N)^a", _fmt(fit["L_N"]["power"], "alpha"), f"{k['alpha_N']}", "-"),
+      ("alpha_N  L(N) = E + A/N^a", _fmt(fit["L_N"]["power+E"], "alpha"), "-",
+       f"{ch['alpha']} (alpha)"),
+      ("alpha_C  L(C) frontier", _fmt(fit["L_C"]["power"], "alpha"), f"{k['alpha_C']}", "-"),
+      ("alpha_C  L(C) = E + A/C^a", _fmt(fit["L_C"]["power+E"], "alpha"), "-", "-"),
+      ("alpha    L(N,D) param.", _fmt(fit["parametric"], "alpha"), "-", f"{ch['alpha']}"),
+      ("beta     L(N,D) param.", _fmt(fit["parametric"], "beta"), "-", f"{ch['beta']}"),
+      ("a  N_opt ~ C^a (param.)", _fmt(fit["parametric"], "a"), f"{k['a']}",
+       "/".join(str(v) for v in ch["a"].values())),
+      ("a  N of frontier runs", _fmt(fit["N_opt_frontier"], "a"), f"{k['a']}", "-"),
+  ]
+  head = f"{'exponent':28s} {'this sweep (68% interval)':34s} {'Kaplan20':>9s}  {'Chinchilla22':>14s}"
+  lines = [head, "-" * len(head)]
+  lines += [f"{a:28s} {b:34s} {c:>9s}  {d:>14s}" for a, b, c, d in rows]
+  return "\n".join(lines)
+
+
+def run_sweep(sweep: Sweep, workdir: str, *, data: dict, fit_only: bool = False,
+              n_boot: int = 500) -> dict:
+  """Trains every run not yet finished, then writes runs.csv, fit.json and the plots."""
+  os.makedirs(workdir, exist_ok=True)
+  runs = plan(sweep)
+  _write_json(os.path.join(workdir, "sweep.json"),
+              {"sweep": dataclasses.asdict(sweep), "data": data,
+               "runs": [r.name for r in runs]})
+  t0 = time.time()
+  records = []
+  for run in runs:
+    if fit_only:
+      path = os.path.join(workdir, "runs", run.name, "result.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          records.append(json.load(f))
+    else:
+      records.append(run_one(sweep, run, data, workdir))
+  print(f"scaling | {len(records)}/{len(runs)} runs finished; this session "
+        f"{time.time() - t0:.0f} s", flush=True)
+  if not records:
+    raise ValueError(f"no finished runs in {workdir}/runs to fit; run without --fit_only first")
+  write_csv(records, os.path.join(workdir, "runs.csv"))
+  fit = fit_records(records, n_boot)
+  fit["wall_s_runs_total"] = sum(r["wall_s"] for r in records)
+  fit["cpu_s_runs_total"] = sum(r["cpu_s"] for r in records)
+  _write_json(os.path.join(workdir, "fit.json"), fit)
+  curves = {r["name"]: learning_curve(os.path.join(workdir, "runs", r["name"])) for r in records}
+  plot_all(records, curves, fit, workdir)
+  print(summary(fit), flush=True)
+  print(f"scaling | wrote {workdir}/runs.csv, fit.json, scaling.png (+ per-panel PNGs); "
+        f"training wall time {fit['wall_s_runs_total'] / 60:.1f} min over all runs", flush=True)
+  return fit
+
+
+# ----------------------------------------------------------------------------------------
+# Plots (matplotlib, imported when plotting: training needs none of it).
+
+
+def _fit_label(fit: dict, key: str, what: str) -> str:
+  v, ci = fit["value"][key], fit["ci68"].get(key)
+  err = f" ± {(ci[1] - ci[0]) / 2:.3f}" if ci else ""
+  return f"{what}: {key} = {v:.3f}{err}"
+
+
+def _draw_loss_vs_params(ax, records, fit, cmap_d) -> None:
+  n, loss = np.array([r["N"] for r in records]), np.array([r["val_loss"] for r in records])
+  d = np.array([r["D"] for r in records])
+  for dv in np.unique(d):
+    m = d == dv
+    ax.scatter(n[m], loss[m], color=cmap_d(dv), s=22, label=f"D = {dv / 1e6:.2g}M tokens",
+               zorder=3)
+  xs = np.geomspace(n.min() / 1.3, n.max() * 1.3, 100)
+  lf = fit["L_N"]
+  if "value" in lf["power"]:
+    p = lf["power"]["value"]
+    ax.plot(xs, (p["x_c"] / xs) ** p["alpha"], "k--", lw=1,
+            label=_fit_label(lf["power"], "alpha", "(N_c/N)^α"))
+  if "value" in lf["power+E"]:
+    p = lf["power+E"]["value"]
+    ax.plot(xs, p["E"] + p["A"] * xs ** -p["alpha"], "k-", lw=1,
+            label=_fit_label(lf["power+E"], "alpha", f"E + A/N^α, E={p['E']:.2f}"))
+  ax.set(xscale="log", yscale="log", xlabel="non-embedding parameters N",
+         ylabel="validation loss (nats/token)", title="Loss vs model size (best run per size)")
+  ax.legend(fontsize=7)
+
+
+def _draw_loss_vs_compute(ax, records, curves, fit, cmap_n) -> None:
+  c, loss = np.array([r["C"] for r in records]), np.array([r["val_loss"] for r in records])
+  for r in records:
+    cv = curves[r["name"]]
+    if len(cv["eval_steps"]):
+      per_step = r["C"] / r["steps"]
+      ax.plot(cv["eval_steps"] * per_step, cv["eval_loss"], color=cmap_n(r["N"]), lw=0.8,
+              alpha=0.5)
+  ax.scatter(c, loss, c=[cmap_n(r["N"]) for r in records], s=22, zorder=3)
+  fr = fit["L_C"]["frontier"]
+  ax.plot(c[fr], loss[fr], "o", mfc="none", mec="k", ms=9, label="compute frontier")
+  xs = np.geomspace(c.min() / 1.3, c.max() * 1.3, 100)
+  lf = fit["L_C"]
+  if "value" in lf["power"]:
+    p = lf["power"]["value"]
+    ax.plot(xs, (p["x_c"] / xs) ** p["alpha"], "k--", lw=1,
+            label=_fit_label(lf["power"], "alpha", "(C_c/C)^α"))
+  if "value" in lf["power+E"]:
+    p = lf["power+E"]["value"]
+    ax.plot(xs, p["E"] + p["A"] * xs ** -p["alpha"], "k-", lw=1,
+            label=_fit_label(lf["power+E"], "alpha", f"E + A/C^α, E={p['E']:.2f}"))
+  ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)",
+         ylabel="validation loss", title="Loss vs compute (lines: eval during training)")
+  ax.legend(fontsize=7)
+
+
+def _draw_compute_optimal(ax, records, fit, cmap_n) -> None:
+  c, n = np.array([r["C"] for r in records]), np.array([r["N"] for r in records])
+  c6 = np.array([r["C_6ND"] for r in records])
+  fr = fit["L_C"]["frontier"]
+  ax.scatter(c[fr], n[fr], c=[cmap_n(v) for v in n[fr]], s=30, zorder=3,
+             label="frontier runs (C with attention)")
+  xs = np.geomspace(c6.min(), c6.max(), 100)
+  pf = fit["parametric"]
+  if "value" in pf:
+    p = pf["value"]
+    ax.plot(xs, scaling_fit.compute_optimal_n(p, xs), "k-", lw=1.2,
+            label=_fit_label(pf, "a", "L(N,D) fit, N_opt ∝ C^a (C = 6ND)"))
+    anchor_c = math.sqrt(xs[0] * xs[-1])
+    anchor_n = float(scaling_fit.compute_optimal_n(p, anchor_c))
+    for name, a, style in (("Kaplan", scaling_fit.PUBLISHED["kaplan"]["a"], ":"),
+                           ("Chinchilla", 0.50, "-.")):
+      ax.plot(xs, anchor_n * (xs / anchor_c) ** a, "k", ls=style, lw=0.8,
+              label=f"{name} slope a = {a}")
+  ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)",
+         ylabel="non-embedding parameters N", title="Compute-optimal model size")
+  ax.legend(fontsize=7)
+
+
+def _draw_learning_curves(ax, records, curves, cmap_n) -> None:
+  for r in records:
+    cv = curves[r["name"]]
+    tok = r["batch_size"] * r["seq_len"]
+    ax.plot(cv["train_steps"] * tok, cv["train_loss"], color=cmap_n(r["N"]), lw=0.7, alpha=0.7)
+    ax.plot(cv["eval_steps"] * tok, cv["eval_loss"], "o", color=cmap_n(r["N"]), ms=3)
+  ax.set(xscale="log", xlabel="training tokens", ylabel="loss (lines: train, dots: validation)",
+         title="Learning curves of all runs")
+
+
+def plot_all(records: list[dict], curves: dict, fit: dict, outdir: str) -> list[str]:
+  """scaling.png (four panels) plus one PNG per panel; returns the paths written."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib.colors import LogNorm  # pylint: disable=g-import-not-at-top
+
+  n = [r["N"] for r in records]
+  d = [r["D"] for r in records]
+  norm_n = LogNorm(min(n), max(n) * 1.0001)
+  norm_d = LogNorm(min(d), max(d) * 1.0001)
+  cmap_n = lambda v: plt.cm.viridis(norm_n(v))
+  cmap_d = lambda v: plt.cm.plasma(0.85 * norm_d(v))
+  panels = {
+      "loss_vs_params": lambda ax: _draw_loss_vs_params(ax, records, fit, cmap_d),
+      "loss_vs_compute": lambda ax: _draw_loss_vs_compute(ax, records, curves, fit, cmap_n),
+      "compute_optimal": lambda ax: _draw_compute_optimal(ax, records, fit, cmap_n),
+      "learning_curves": lambda ax: _draw_learning_curves(ax, records, curves, cmap_n),
+  }
+  colorbar = plt.cm.ScalarMappable(norm=norm_n, cmap="viridis")
+  paths = []
+  for name, draw in panels.items():
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    draw(ax)
+    if name != "loss_vs_params":
+      fig.colorbar(colorbar, ax=ax, label="N (non-embedding)")
+    fig.tight_layout()
+    paths.append(os.path.join(outdir, f"{name}.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+  fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+  for ax, draw in zip(axes.ravel(), panels.values()):
+    draw(ax)
+  fig.colorbar(colorbar, ax=axes[:, 1], label="N (non-embedding)", shrink=0.6)
+  fig.suptitle(f"GPT scaling on {len(records)} runs "
+               f"(N {min(n):,}..{max(n):,}, D {min(d) / 1e6:.2g}M..{max(d) / 1e6:.2g}M tokens)")
+  paths.append(os.path.join(outdir, "scaling.png"))
+  fig.savefig(paths[-1], dpi=110)
+  plt.close(fig)
+  return paths
+
+
+# ----------------------------------------------------------------------------------------
+# Command line.
+
+_PRESET = flags.DEFINE_enum("preset", "quick", sorted(PRESETS), "Sweep preset.")
+_SIZES = flags.DEFINE_string("sizes", None, "Override the preset's sizes: D_MODELxLAYERS[xHEADS],...")
+_STEPS = flags.DEFINE_string("steps", None, "Override the preset's step budgets: S1,S2,...")
+_DATASET = flags.DEFINE_string("dataset", "debian", "Dataset spec (see common/data/sources.py).")
+_DATA_DIR = flags.DEFINE_string("data_dir", config_lib.DEFAULT_DATA_DIR, "Prepared data.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", "", "SentencePiece model (default: data_dir's).")
+_TEXT_FIELD = flags.DEFINE_string("text_field", "text", "Text field of the dataset's examples.")
+_FIT_ONLY = flags.DEFINE_bool("fit_only", False, "Fit and plot the finished runs; train none.")
+_N_BOOT = flags.DEFINE_integer("n_boot", 500, "Bootstrap resamples per fit.")
+
+
+def sweep_from_flags() -> Sweep:
+  sweep = PRESETS[_PRESET.value]
+  if _SIZES.value:
+    sweep = dataclasses.replace(sweep, sizes=parse_sizes(_SIZES.value))
+  if _STEPS.value:
+    try:
+      steps = tuple(int(s) for s in _STEPS.value.split(","))
+    except ValueError:
+      steps = ()
+    if not steps or min(steps) < 1:
+      raise ValueError(f"bad --steps {_STEPS.value!r}; expected positive integers, e.g. 100,300")
+    sweep = dataclasses.replace(sweep, steps=steps)
+  return sweep
+
+
+@config_lib.exit_on_error
+def main(argv) -> None:
+  del argv
+  workdir = entry.workdir()
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # checkpoint chatter of many runs buries the results
+  import jax  # pylint: disable=g-import-not-at-top
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    # Re-running (resume, --fit_only after more runs) skips recompiling what it compiled before.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
+  data = {"dataset": _DATASET.value, "data_dir": os.path.expanduser(_DATA_DIR.value),
+          "tokenizer": _TOKENIZER.value, "text_field": _TEXT_FIELD.value}
+  run_sweep(sweep_from_flags(), workdir, data=data, fit_only=_FIT_ONLY.value,
+            n_boot=_N_BOOT.value)
+
+
+def cli() -> None:
+  app.run(main)
+
+
+if __name__ == "__main__":
+  cli()
