@@ -4,9 +4,11 @@ checks, and the work dir layout (resolved config + the tokenizer the run was tra
 from __future__ import annotations
 
 import os
+import sys
+from typing import Any, Callable
 
 import jax
-from absl import flags
+from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from common import config as config_lib
@@ -74,3 +76,19 @@ def record_run(cfg: ConfigDict, wd: str, vocab: SentencePieceVocab) -> None:
   if jax.process_index() == 0:
     config_lib.save_config(cfg, wd)
     vocab.save_to(os.path.join(wd, "vocab"))
+
+
+def make_cli(run: Callable[..., Any], config_flag: Any, default_spec: str) -> Callable[[], None]:
+  """The `cli()` of a `<family>.train` module: config checked before absl parses the flags,
+  multi-host start-up, then `run(config, workdir, prepare=...)`; bad input -> one line, exit 2."""
+  @config_lib.exit_on_error
+  def main(argv) -> None:
+    del argv
+    init_distributed()
+    run(config_flag.value, workdir(), prepare=prepare_requested())
+
+  def cli() -> None:
+    config_lib.exit_on_error(config_lib.check_overrides)(sys.argv, default_spec)
+    app.run(main)
+
+  return cli

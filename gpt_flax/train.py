@@ -6,11 +6,6 @@ loss and perplexity, and prints sampled continuations of `config.sample.prompts`
 
 from __future__ import annotations
 
-import sys
-
-from absl import app
-
-from common import config as config_lib
 from common import entry, trainer
 from common.data.pipeline import lm_dataset
 from common.data.sources import open_source
@@ -53,16 +48,7 @@ def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
   return result
 
 
-@config_lib.exit_on_error
-def main(argv) -> None:
-  del argv
-  entry.init_distributed()
-  run(_CONFIG.value, entry.workdir(), prepare=entry.prepare_requested())
-
-
-def cli() -> None:
-  config_lib.exit_on_error(config_lib.check_overrides)(sys.argv, _DEFAULT_CONFIG)
-  app.run(main)
+cli = entry.make_cli(run, _CONFIG, _DEFAULT_CONFIG)
 
 
 if __name__ == "__main__":
