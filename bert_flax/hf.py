@@ -227,4 +227,5 @@ FAMILY = Family(
     architecture_of=architecture_of, import_tensors=import_tensors,
     export_tensors=export_tensors, hf_config=hf_config,
     # Buffers older checkpoints saved; not weights.
+    base_prefix="bert.",
     ignored=(r"bert\.embeddings\.position_ids", r"bert\.embeddings\.token_type_ids"))

@@ -67,6 +67,9 @@ class Family:
   # (our Model, source HF config or {}, canonical params, vocab or None) -> config.json.
   hf_config: Callable[[Any, dict, dict[str, np.ndarray], Any], dict]
   ignored: tuple[str, ...] = ()      # regexes of HF tensors that hold no weights (buffers)
+  # The body's prefix in task-model checkpoints ('transformer.'); checkpoints saved from the
+  # bare body (the hub's gpt2) lack it, and transformers adds it on load, as do we.
+  base_prefix: str = ""
   sp_tokenizer_class: str | None = None  # HF class that reads an exported spiece.model
 
 
@@ -114,7 +117,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   with open(path, "rb") as f:
     n = int.from_bytes(f.read(8), "little")
     header = json.loads(f.read(n))
-    data = f.read()
+  data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)  # read tensor by tensor
   out = {}
   for name, info in header.items():
     if name == "__metadata__":
@@ -123,8 +126,8 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     if dtype is None:
       raise ValueError(f"{path}: tensor '{name}' has unsupported dtype {info['dtype']}")
     start, end = info["data_offsets"]
-    a = np.frombuffer(data[start:end], dtype=dtype).reshape(info["shape"])
-    out[name] = a.astype(np.float32) if info["dtype"].startswith(("F", "BF")) else a.copy()
+    a = data[start:end].view(dtype).reshape(info["shape"])
+    out[name] = a.astype(np.float32) if info["dtype"].startswith(("F", "BF")) else np.array(a)
   return out
 
 
@@ -230,17 +233,16 @@ def _canonical(path: tuple, stack: tuple | None, i: int | None = None) -> str:
 
 
 def _fit_vocab(a: np.ndarray, shape: tuple[int, ...], names: tuple, key: str) -> np.ndarray:
-  """Zero-pads (import) or trims (export) the `vocab` axis; every other axis must match."""
+  """Zero-pads the `vocab` axis up to the network's (--vocab_multiple); others must match."""
   if a.shape == shape:
     return a
   if "vocab" in names and a.ndim == len(shape):
     ax = names.index("vocab")
-    if all(x == y for d, (x, y) in enumerate(zip(a.shape, shape)) if d != ax):
-      if a.shape[ax] < shape[ax]:
-        pad = [(0, 0)] * a.ndim
-        pad[ax] = (0, shape[ax] - a.shape[ax])
-        return np.pad(a, pad)
-      return np.take(a, np.arange(shape[ax]), axis=ax)
+    if a.shape[ax] < shape[ax] and all(
+        x == y for d, (x, y) in enumerate(zip(a.shape, shape)) if d != ax):
+      pad = [(0, 0)] * a.ndim
+      pad[ax] = (0, shape[ax] - a.shape[ax])
+      return np.pad(a, pad)
   raise ValueError(f"parameter {key} has shape {a.shape}, the network needs {shape}")
 
 
@@ -320,7 +322,11 @@ def import_hf(hf_dir: str, workdir: str, *, preset: str | None = None,
   if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
       os.path.join(workdir, "checkpoints")):
     raise ValueError(f"work dir {workdir} already holds checkpoints; use a new --workdir")
-  tensors = Tensors(read_hf_weights(hf_dir), where=hf_dir)
+  arrays = read_hf_weights(hf_dir)
+  p = family.base_prefix
+  if p and not any(k.startswith(p) for k in arrays):
+    arrays = {p + k: v for k, v in arrays.items()}
+  tensors = Tensors(arrays, where=hf_dir)
   cfg = resolved_config(family, hf_cfg, tensors, preset=preset,
                         scan_layers=scan_layers, vocab_multiple=vocab_multiple)
   model = family.make_model(cfg, arch, None)

@@ -129,4 +129,5 @@ FAMILY = Family(
     config_overrides=config_overrides, make_model=make_model, architecture_of=architecture_of,
     import_tensors=import_tensors, export_tensors=export_tensors, hf_config=hf_config,
     # Causal-mask buffers older checkpoints saved; not weights.
+    base_prefix="transformer.",
     ignored=(r"transformer\.h\.\d+\.attn\.(bias|masked_bias)",))

@@ -101,6 +101,15 @@ def test_unexpected_weight_is_named(tmp_path):
     _import(src, tmp_path / "wd")
 
 
+def test_bare_body_checkpoint(tmp_path):
+  """The hub's gpt2 is saved from GPT2Model: no 'transformer.' prefix, causal-mask buffers."""
+  w = {k.removeprefix("transformer."): v for k, v in _weights().items()}
+  w.update({f"h.{i}.attn.bias": np.ones((1, 1, P, P), np.float32) for i in range(N)})
+  _import(_hf_dir(tmp_path / "hf", weights=w), tmp_path / "wd")
+  _, _, _, _, params, _ = convert.load_workdir(str(tmp_path / "wd"))
+  np.testing.assert_array_equal(params["pos_embed"]["embedding"], w["wpe.weight"])
+
+
 def _write_bf16_safetensors(path, arrays):
   """safetensors.numpy cannot write bf16; the format is a JSON header + raw bytes."""
   header, blobs, offset = {}, [], 0
