@@ -34,8 +34,11 @@ class ExampleMaker:
     self.source, self.vocab, self.text_field = source, vocab, text_field
     self.seq_len, self.nsp = seq_len, nsp
     self.cls_id, self.sep_id = vocab.cls_id, vocab.sep_id
-    self.word_starts = word_start_table(vocab)
-    self.sentence_ends = sentence_end_table(vocab)
+    # Without piece strings (an unknown backend) A/B may split anywhere.
+    starts = word_start_table(vocab, required=False)
+    self.word_starts = starts if starts is not None else np.ones(vocab.vocab_size, bool)
+    ends = sentence_end_table(vocab)
+    self.sentence_ends = ends if ends is not None else np.zeros(vocab.vocab_size, bool)
 
   def _ids(self, example: dict[str, Any]) -> np.ndarray:
     return np.asarray(self.vocab.encode(get_text(example, self.text_field)), np.int32)

@@ -3,7 +3,8 @@
 Per sequence: `rate` (15 %) of the non-special tokens are selected, at most `max_predictions`;
 of those, 80 % become [MASK], 10 % a random token, 10 % stay unchanged, and the loss is taken on
 every selected position. With whole-word masking the pieces of one word are selected together
-(a SentencePiece piece starting with "▁" begins a word; a special token ends one).
+(a SentencePiece piece starting with "▁" begins a word, a WordPiece piece starting with "##"
+continues one; a special token ends one).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sentencepiece as spm
 from common.vocab import Vocabulary
 
 WORD_START = "\u2581"
+WORDPIECE_CONTINUATION = "##"
 _SENTENCE_END = (".", "!", "?", ":", ";")
 
 
@@ -41,23 +43,33 @@ class MaskingConfig:
 
 
 def pieces(vocab: Vocabulary) -> list[str] | None:
-  """Every id's piece string for a SentencePiece vocabulary (ids past the model, i.e.
-  sentinels, get ''); None for a backend without a SentencePiece model file."""
-  path = getattr(vocab, "model_path", None)
-  if path is None:
+  """Every id's piece string, for SentencePiece models and Hugging Face tokenizer.json files
+  (ids past the model, i.e. sentinels, get ''); None for any other backend."""
+  if getattr(vocab, "model_path", None):
+    sp = spm.SentencePieceProcessor(model_file=vocab.model_path)
+    get, n = sp.id_to_piece, sp.get_piece_size()
+  elif str(getattr(vocab, "path", "")).endswith(".json"):
+    from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+    tok = Tokenizer.from_file(vocab.path)
+    get, n = tok.id_to_token, tok.get_vocab_size(with_added_tokens=True)
+  else:
     return None
-  sp = spm.SentencePieceProcessor(model_file=path)
-  n = sp.get_piece_size()
-  return [sp.id_to_piece(i) if i < n else "" for i in range(vocab.vocab_size)]
+  return [(get(i) or "") if i < n else "" for i in range(vocab.vocab_size)]
 
 
-def word_start_table(vocab: Vocabulary) -> np.ndarray:
-  """bool[vocab_size]: the id begins a word (its piece starts with '▁', or it is not a piece)."""
+def word_start_table(vocab: Vocabulary, *, required: bool = True) -> np.ndarray | None:
+  """bool[vocab_size]: the id begins a word. SentencePiece: its piece starts with '▁';
+  WordPiece (pieces continuing a word start with '##'): it does not start with '##'.
+  Without pieces: an error if `required`, else None."""
   table = pieces(vocab)
   if table is None:
-    raise ValueError("whole-word masking needs a SentencePiece vocabulary (pieces starting with "
-                     f"'{WORD_START}' begin a word); {type(vocab).__name__} has no model_path")
-  return np.array([p.startswith(WORD_START) or not p for p in table])
+    if required:
+      raise ValueError("whole-word masking needs a SentencePiece or WordPiece vocabulary; "
+                       f"{type(vocab).__name__} exposes no pieces")
+    return None
+  if any(p.startswith(WORD_START) for p in table):
+    return np.array([p.startswith(WORD_START) or not p for p in table])
+  return np.array([not p.startswith(WORDPIECE_CONTINUATION) for p in table])
 
 
 def sentence_end_table(vocab: Vocabulary) -> np.ndarray | None:

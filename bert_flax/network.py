@@ -74,7 +74,9 @@ class Embeddings(nnx.Module):
     self.dtype = dt
 
   def __call__(self, tokens_BxL, type_ids_BxL, positions_BxL, *, dropout_key=None):
-    types = jnp.take(self.types[...], type_ids_BxL, axis=0).astype(self.dtype)
+    # Gather from a whole table, as `Embed` does (a sharded feature dim would be rematerialised).
+    table = sharding.constrain(self.types[...], (None, None))
+    types = jnp.take(table, type_ids_BxL, axis=0).astype(self.dtype)
     x = self.tokens(tokens_BxL) + self.positions(positions_BxL) + types
     x = sharding.constrain(self.norm(x), ("batch", "length", "act_embed"))
     return self.dropout(x, deterministic=dropout_key is None, rngs=dropout_key)

@@ -140,7 +140,12 @@ def read_column(source: Source, field: str, where: str) -> list[Any]:
   """One field of every example (batched reads); a missing field is a clear error."""
   values = []
   for start in range(0, len(source), 1024):
-    for i, ex in enumerate(source.__getitems__(range(start, min(start + 1024, len(source))))):
+    indices = list(range(start, min(start + 1024, len(source))))
+    try:
+      examples = source.__getitems__(indices)
+    except TypeError:  # tfds.testing.mock_data's sources read one example at a time
+      examples = [source[i] for i in indices]
+    for i, ex in enumerate(examples):
       if field not in ex:
         raise ValueError(f"{where} example {start + i} has no field {field!r}; fields present: "
                          f"{sorted(ex)}")

@@ -1,0 +1,131 @@
+"""End to end on tiny configs: pretrain -> checkpoint -> fine-tune with a fresh head, and the
+bad-input errors of fine-tuning (each a clear error before anything is compiled)."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bert_flax import train
+from common.tokenizer import train_sentencepiece
+from configs.bert import get_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SYLLABLES = ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "gu", "fa", "zo", "bi", "xe")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  """Generated corpus (JSONL), labelled sentences (JSONL) and a SentencePiece model."""
+  root = tmp_path_factory.mktemp("bert")
+  rng = random.Random(0)
+  words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(300)]
+  sentence = lambda: " ".join(rng.choice(words) for _ in range(rng.randint(3, 10))) + "."
+  for split, n in (("train", 300), ("validation", 40)):
+    with open(root / f"{split}.jsonl", "w") as f:
+      for _ in range(n):
+        f.write(json.dumps({"body": " ".join(sentence() for _ in range(rng.randint(1, 4)))})
+                + "\n")
+  for split, n in (("train", 64), ("validation", 20), ("test", 20)):
+    with open(root / f"cls_{split}.jsonl", "w") as f:
+      for _ in range(n):
+        s = sentence()
+        f.write(json.dumps({"sentence": s, "y": "pos" if "ka" in s else "neg"}) + "\n")
+  texts = [json.loads(line)["body"] for line in open(root / "train.jsonl")]
+  sp = train_sentencepiece(texts, str(root / "sp.model"), vocab_size=400)
+  return root, sp
+
+
+def _pretrain_cfg(data):
+  root, sp = data
+  cfg = get_config("tiny")
+  cfg.data.update(dataset=f"jsonl:{root}/{{split}}.jsonl", tokenizer=sp, text_field="body",
+                  data_dir=str(root))
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def pretrained(data, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("pretrain")
+  result = train.run(_pretrain_cfg(data), str(workdir))
+  return workdir, result
+
+
+def _finetune_cfg(data, init_from, **classify):
+  root, _ = data
+  cfg = get_config("tiny")
+  cfg.task = "classify"
+  cfg.data.data_dir = str(root)
+  cfg.classify.update(dict(init_from=str(init_from), dataset=f"jsonl:{root}/cls_{{split}}.jsonl",
+                           text_field="sentence", label_field="y") | classify)
+  return cfg
+
+
+def test_pretrain_then_finetune(data, pretrained, tmp_path, capsys):
+  workdir, pre = pretrained
+  assert pre.eval_metrics["mlm_loss"] > 0 and 0 <= pre.eval_metrics["correct"] <= 1
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+  assert os.path.exists(workdir / "vocab" / "sp.model")
+  assert 0.1 < pre.history[-1]["predicted"] < 0.2  # ~15 % of the real tokens are predicted
+  ft = train.run(_finetune_cfg(data, workdir), str(tmp_path))
+  out = capsys.readouterr().out
+  # The encoder comes from the checkpoint; the pooler (no NSP) and classifier are new.
+  assert "new parameters: classifier/bias, classifier/kernel, pooler/bias, pooler/kernel" in out
+  assert "epoch 1 | validation (validation): loss" in out and "test (test): loss" in out
+  assert ft.start_step == 0 and [h["step"] for h in ft.history] == list(range(1, 17))
+  assert ft.state["params"]["classifier"]["kernel"].shape == (64, 2)
+  np.testing.assert_array_equal(  # loaded, then fine-tuned from there (not re-initialised)
+      ft.setup.abstract_state["params"]["embeddings"]["tokens"]["embedding"].shape,
+      pre.state["params"]["embeddings"]["tokens"]["embedding"].shape)
+  results = json.load(open(tmp_path / "results.json"))
+  assert set(results["test"]) == {"loss", "accuracy", "f1"}
+  assert results["majority_label"] in ("pos", "neg") and "test" in results["majority_baseline"]
+  assert json.load(open(tmp_path / "labels.json"))["labels"] == ["neg", "pos"]
+
+
+def test_bad_inputs_are_clear_errors(data, pretrained, tmp_path):
+  root, _ = data
+  workdir, _ = pretrained
+  other = train_sentencepiece([f"zz{i} yy{i} qq" for i in range(500)], str(tmp_path / "o.model"),
+                              vocab_size=300)
+  cases = [
+      (dict(), {"data.tokenizer": other}, ValueError,
+       "is not the tokenizer the checkpoint was trained with"),
+      (dict(labels="neg,neutral"), {}, ValueError,
+       r"split 'train' example \d+: label 'pos' is not in the label set \['neg', 'neutral'\]"),
+      (dict(text_field="review"), {}, ValueError,
+       r"examples have no field 'review' \(text_field\); fields present: \['sentence', 'y'\]"),
+      (dict(dataset=f"jsonl:{root}/empty_{{split}}.jsonl"), {}, ValueError, "no non-empty lines"),
+      (dict(dataset=f"csv:{root}/{{split}}.csv"), {}, ValueError, "has no examples"),
+      (dict(seq_len=999), {}, ValueError, "classify.seq_len=999 exceeds model.max_len"),
+  ]
+  for split in ("train", "validation"):
+    (root / f"empty_{split}.jsonl").write_text("\n")
+    (root / f"{split}.csv").write_text("sentence,y\n")
+  for classify, top, error, match in cases:
+    cfg = _finetune_cfg(data, workdir, **classify)
+    for k, v in top.items():
+      cfg.data[k.split(".")[1]] = v
+    with pytest.raises(error, match=match):
+      train.run(cfg, str(tmp_path / "wd"))
+  assert not os.path.exists(tmp_path / "wd")
+  cfg = _finetune_cfg(data, workdir)
+  cfg.model.d_model = 32
+  with pytest.raises(ValueError, match="pretrained with a different architecture.*d_model"):
+    train.run(cfg, str(tmp_path / "wd"))
+
+
+def test_cli_bad_input(data, tmp_path):
+  root, _ = data
+  done = subprocess.run(
+      [sys.executable, "-m", "bert_flax.train", "--config=configs/bert.py:tiny",
+       "--config.task=classify", f"--config.classify.dataset=jsonl:{root}/cls_{{split}}.jsonl",
+       "--config.classify.text_field=review", f"--workdir={tmp_path}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1].startswith(
+      "error: jsonl:") and "no field 'review' (text_field)" in done.stderr
