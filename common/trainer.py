@@ -264,14 +264,15 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
           init_params_from: str | None = None,
           mesh: Mesh | None = None,
           on_start: Callable[[], None] | None = None,
-          extra_eval: Callable[[int, dict, Setup], dict[str, float]] | None = None
-          ) -> TrainResult:
+          extra_eval: Callable[[int, dict, Setup], dict[str, float]] | None = None,
+          continue_step: bool = True) -> TrainResult:
   """Runs (or resumes) training in `workdir` until `cfg.train.num_steps`.
 
   `make_train_iter()` returns a grain iterator (get_state/set_state) of host-local
   batches; its state is checkpointed with the model so a resumed run continues on exactly
   the data it would have seen. `init_params_from` loads params only (fine-tuning) when the
-  work dir has no checkpoint yet; the step then continues from the loaded checkpoint's.
+  work dir has no checkpoint yet; the step then continues from the loaded checkpoint's, or
+  with `continue_step=False` starts at 0 (a fine-tuning schedule and epochs of its own).
   `on_start` runs once the work dir is known to belong to this model (e.g. to record config).
   `extra_eval(step, state, setup)` adds task metrics (accuracy/F1, ROUGE, ...) at each eval.
   """
@@ -299,8 +300,9 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
                                      state["params"], is_leaf=lambda x: x is None)
       if missing:
         print(f"initialised from {init_params_from}; new parameters: {', '.join(missing)}")
-      state["step"] = jax.device_put(jnp.asarray(step, jnp.int32),
-                                     setup.state_shardings["step"])
+      if continue_step:
+        state["step"] = jax.device_put(jnp.asarray(step, jnp.int32),
+                                       setup.state_shardings["step"])
   start = int(jax.device_get(state["step"]))
   train_step = make_train_step(setup)
   eval_step = make_eval_step(setup)
