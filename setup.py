@@ -19,6 +19,11 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<3",
     "tensorboardX>=2.6.2,<2.7",
     "protobuf>=4.25",
+    "rouge-score>=0.1.2,<0.2",      # T5 summarization / ICL generation scoring
+    "tokenizers>=0.20,<1",          # tokenizer.json vocabularies (imported GPT-2 / BERT)
+    "safetensors>=0.4,<1",          # Hugging Face weights import / export
+    "matplotlib>=3.8,<4",           # scaling-law plots
+    "scipy>=1.11,<2",               # scaling-law fits
 ]
 
 setup(
@@ -29,7 +34,10 @@ setup(
     packages=["common", "common.data", "bert_flax", "t5x_lite", "gpt_flax", "configs"],
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8,<10", "tensorboard>=2.16,<3", "portpicker>=1.6,<2"],
+        # torch/transformers: logit-parity tests of the Hugging Face converters. torch==2.13.0 is
+        # the CPU wheel these machines carry locally; a looser pin would pull a CUDA build.
+        "test": ["pytest>=8,<10", "tensorboard>=2.16,<3", "portpicker>=1.6,<2",
+                 "torch==2.13.0", "transformers>=5.0,<6"],
         "bench": ["torch==2.13.0", "transformers>=5.0,<6"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
