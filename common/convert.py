@@ -29,6 +29,7 @@ import re
 from typing import Any, Callable
 
 import jax
+import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
@@ -107,13 +108,12 @@ class Tensors:
 
 
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
-                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-                       "U8": np.uint8, "BOOL": np.bool_}
+                       "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
+                       "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   """All tensors of one file; floats come back as fp32 (bf16 included, without torch)."""
-  import ml_dtypes  # pylint: disable=g-import-not-at-top  (a jax dependency)
   with open(path, "rb") as f:
     n = int.from_bytes(f.read(8), "little")
     header = json.loads(f.read(n))
@@ -122,7 +122,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   for name, info in header.items():
     if name == "__metadata__":
       continue
-    dtype = ml_dtypes.bfloat16 if info["dtype"] == "BF16" else _SAFETENSORS_DTYPES.get(info["dtype"])
+    dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
     if dtype is None:
       raise ValueError(f"{path}: tensor '{name}' has unsupported dtype {info['dtype']}")
     start, end = info["data_offsets"]

@@ -63,9 +63,8 @@ def hf_special_tokens(hf_dir: str) -> dict[str, str]:
 
 
 class TokenizersVocab:
-  """A `tokenizer.json` behind the `Vocabulary` protocol (no bos/eos added by `encode`)."""
-
-  extra_ids = 0
+  """A `tokenizer.json` behind the `Vocabulary` protocol (no bos/eos added by `encode`).
+  `extra_ids` counts its T5 sentinels <extra_id_0>, <extra_id_1>, ... (0 for most)."""
 
   def __init__(self, path: str, special_tokens: dict[str, str] | None = None):
     if not os.path.isfile(path):
@@ -97,6 +96,9 @@ class TokenizersVocab:
                        f"{meta_path(path)} under 'special_tokens' (e.g. {{\"eos\": \"</s>\"}})")
     self.pad_id, self.eos_id, self.unk_id, self.bos_id = (
         self._id(r) for r in ("pad", "eos", "unk", "bos"))
+    self.extra_ids = 0
+    while self._tok.token_to_id(f"<extra_id_{self.extra_ids}>") is not None:
+      self.extra_ids += 1
 
   @classmethod
   def load(cls, path_or_dir: str) -> "TokenizersVocab":

@@ -44,8 +44,9 @@ def _scaled_output(hf: dict) -> bool:
 
 def _tied_output(hf: dict, t: Tensors) -> bool:
   """The output layer is the shared embedding: lm_head absent or an equal copy."""
-  return "lm_head.weight" not in t or (
-      "shared.weight" in t and np.array_equal(t.arrays["lm_head.weight"], t.arrays["shared.weight"]))
+  a = t.arrays
+  return "lm_head.weight" not in a or (
+      "shared.weight" in a and np.array_equal(a["lm_head.weight"], a["shared.weight"]))
 
 
 def config_overrides(hf: dict, t: Tensors) -> dict:

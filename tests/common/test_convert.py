@@ -17,7 +17,6 @@ from common import convert, sharding, trainer
 from common.checkpoint import load_params
 from common.hf_vocab import TokenizersVocab
 from common.vocab import load_vocab
-from configs.gpt import get_config
 from gpt_flax.model import GPTModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -145,8 +144,8 @@ def test_sharded_bf16_safetensors_and_sharded_mesh_load(tmp_path):
   wte = w["transformer.wte.weight"].astype(ml_dtypes.bfloat16).astype(np.float32)
   np.testing.assert_array_equal(jax.device_get(params["embed"]["embedding"]), wte)
   c_fc = w["transformer.h.1.mlp.c_fc.weight"].astype(ml_dtypes.bfloat16).astype(np.float32)
-  np.testing.assert_array_equal(jax.device_get(params["layers"]["layers"]["mlp"]["wi"]["kernel"][1]),
-                                c_fc)
+  wi = params["layers"]["layers"]["mlp"]["wi"]["kernel"]
+  np.testing.assert_array_equal(jax.device_get(wi)[1], c_fc)
 
 
 def test_import_refuses_a_used_workdir(tmp_path):
@@ -196,6 +195,9 @@ def _word_level(path, specials):
 
 def test_tokenizers_vocab_roles_and_errors(tmp_path):
   path = _word_level(tmp_path / "tokenizer.json", ["<unk>", "<s>", "</s>", "<pad>"])
+  sentinels = _word_level(tmp_path / "t5.json", ["<unk>", "</s>", "<extra_id_0>", "<extra_id_1>"])
+  t5 = TokenizersVocab(sentinels)
+  assert (t5.extra_ids, t5.sentinel_id(1)) == (2, 3)
   v = TokenizersVocab(path)
   assert (v.unk_id, v.bos_id, v.eos_id, v.pad_id) == (0, 1, 2, 3)
   assert v.encode("hello world") == [4, 5] and v.encode_batch(["world"]) == [[5]]
@@ -207,6 +209,7 @@ def test_tokenizers_vocab_roles_and_errors(tmp_path):
     v.mask_id
   with pytest.raises(ValueError, match="sentinel <extra_id_0> does not exist"):
     v.sentinel_id(0)
+  assert v.extra_ids == 0
   with pytest.raises(ValueError, match="token id 9 is outside the vocabulary"):
     v.decode([9])
   # Roles named explicitly (as tokenizer_config.json does) win, and survive save + load_vocab.
