@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from common import config as config_lib
-from common.vocab import SentencePieceVocab, load_vocab
+from common.vocab import Vocabulary, load_vocab
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
 _PREPARE = flags.DEFINE_bool(
@@ -60,18 +60,18 @@ def prepare_data(cfg: ConfigDict) -> None:
                        vocab_size=8000, text_field=cfg.data.text_field)
 
 
-def load_checked_vocab(cfg: ConfigDict, extra_ids: int = 0) -> SentencePieceVocab:
+def load_checked_vocab(cfg: ConfigDict, extra_ids: int = 0) -> Vocabulary:
   """The run's tokenizer; it must fit the model's embedding table."""
   vocab = load_vocab(config_lib.tokenizer_path(cfg.data))
   if extra_ids and vocab.extra_ids != extra_ids:
-    vocab = SentencePieceVocab(vocab.model_path, extra_ids=extra_ids)
+    vocab = type(vocab)(vocab.model_path, extra_ids=extra_ids)
   if vocab.vocab_size > cfg.model.vocab_size:
     raise ValueError(f"tokenizer {config_lib.tokenizer_path(cfg.data)} has {vocab.vocab_size} ids but "
                      f"model.vocab_size is {cfg.model.vocab_size}; raise model.vocab_size")
   return vocab
 
 
-def record_run(cfg: ConfigDict, wd: str, vocab: SentencePieceVocab) -> None:
+def record_run(cfg: ConfigDict, wd: str, vocab: Vocabulary) -> None:
   """Resolved config and tokenizer go with the checkpoints, so a run is self-describing."""
   if jax.process_index() == 0:
     config_lib.save_config(cfg, wd)
