@@ -137,7 +137,7 @@ def span_corruption_dataset(source: Source, vocab: Vocabulary, *, text_field: st
                             num_epochs: int | None = None,
                             noise_density: float = NOISE_DENSITY,
                             mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
-                            ) -> grain.IterDataset:
+                            ) -> tuple[grain.IterDataset, int]:
   """Documents -> tokens concatenated across documents (T5's reduce_concat_tokens) -> chunks
   of the raw length that gives `input_len` inputs -> span corruption -> padded T5X batches.
 

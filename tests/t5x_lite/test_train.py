@@ -1,0 +1,138 @@
+"""End to end on tiny configs: pretrain (span corruption) -> checkpoint -> fine-tune via
+command-line flags -> inference, and the bad-input errors."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from common.checkpoint import Checkpointer
+from common.tokenizer import train_sentencepiece
+from configs.t5 import get_config
+from t5x_lite import infer, train
+from t5x_lite.decode import predict_ids
+from tests.fakes import SyntheticLM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SYLLABLES = ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "gu", "fa", "zo", "bi", "xe")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  """JSONL splits of {"body", "title"} (title = the body's first words) and a tokenizer."""
+  root = tmp_path_factory.mktemp("t5corpus")
+  rng = random.Random(0)
+  words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(200)]
+  for split, n in (("train", 300), ("validation", 40)):
+    with open(root / f"{split}.jsonl", "w") as f:
+      for _ in range(n):
+        body = [rng.choice(words) for _ in range(rng.randint(6, 30))]
+        f.write(json.dumps({"body": " ".join(body), "title": " ".join(body[:3])}) + "\n")
+  texts = [json.loads(l)["body"] for l in open(root / "train.jsonl")]
+  return root, train_sentencepiece(texts, str(root / "sp.model"), vocab_size=400)
+
+
+def _cfg(corpus, **data):
+  root, model = corpus
+  cfg = get_config("tiny")
+  cfg.data.update(dict(dataset=f"jsonl:{root}/{{split}}.jsonl", tokenizer=model,
+                       text_field="body", data_dir=str(root)) | data)
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus, tmp_path_factory):
+  wd = tmp_path_factory.mktemp("pre")
+  result = train.run(_cfg(corpus), str(wd))
+  return wd, result
+
+
+def test_pretrain_writes_a_self_describing_workdir(pretrained):
+  wd, result = pretrained
+  assert sorted(os.listdir(wd / "checkpoints")) == ["3", "6"]
+  assert json.load(open(wd / "config.json"))["task"] == "pretrain"
+  assert os.path.exists(wd / "vocab" / "sp.model")
+  assert json.load(open(wd / "vocab" / "sp.json"))["extra_ids"] == 100
+  assert np.isfinite(result.eval_metrics["loss"])
+
+
+def test_finetune_via_flags_then_infer(corpus, pretrained, tmp_path):
+  root, model = corpus
+  pre_wd, _ = pretrained
+  wd = tmp_path / "ft"
+  done = subprocess.run(
+      [sys.executable, "-m", "t5x_lite.train", "--config=configs/t5.py:tiny",
+       "--config.task=summarize", f"--config.init_checkpoint={pre_wd}", f"--workdir={wd}",
+       f"--config.data.dataset=jsonl:{root}/{{split}}.jsonl", f"--config.data.data_dir={root}",
+       f"--config.data.tokenizer={model}", "--config.data.input_field=body",
+       "--config.data.target_field=title", "--config.data.prefix=title: ",
+       "--config.data.max_input_len=48", "--config.data.max_target_len=16",
+       "--config.train.num_steps=8", "--config.train.eval_every=8",
+       "--config.train.checkpoint_every=8"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "ROUGE on 8 validation examples" in done.stdout
+  steps = [json.loads(l)["step"] for l in open(wd / "metrics.jsonl") if "train/loss" in l]
+  assert steps == [8]  # continued from the pretrained step 6 (logged every 2 steps)
+  cfg, vocab, graphdef, params, mesh = infer.load_run(str(wd))
+  assert cfg.data.prefix == "title: "
+  texts, ids, targets = infer.read_inputs(cfg, vocab, "split:validation", 5)
+  assert len(ids) == 5 and targets[0] == " ".join(texts[0].split()[:3])
+  kw = dict(input_len=48, max_decode_len=6, batch_size=4, eos_id=vocab.eos_id,
+            vocab_size=vocab.vocab_size)
+  with infer.jax_context(mesh, cfg):
+    beam = predict_ids(graphdef, params, ids, beam_size=3, **kw)
+    greedy = predict_ids(graphdef, params, ids, **kw)
+    sampled = predict_ids(graphdef, params, ids, temperature=1.0, top_k=20, seed=1, **kw)
+  for outs in (beam, greedy, sampled):
+    assert len(outs) == 5 and all(len(o) <= 6 for o in outs)
+    assert all(t < vocab.vocab_size for o in outs for t in o)
+
+
+def test_missing_field_names(corpus, tmp_path):
+  with pytest.raises(ValueError, match="no known input/target fields.*data.input_field"):
+    train.run(_summarize(corpus), str(tmp_path))
+  with pytest.raises(ValueError, match="no input field 'text'.*'body'.*input_field"):
+    train.run(_summarize(corpus, input_field="text", target_field="title"), str(tmp_path))
+
+
+def _summarize(corpus, **data):
+  cfg = _cfg(corpus, **data)
+  cfg.task = "summarize"
+  return cfg
+
+
+def test_target_longer_than_allowed(corpus, tmp_path):
+  cfg = _summarize(corpus, input_field="body", target_field="title", max_target_len=3)
+  with pytest.raises(ValueError, match="target has .* tokens with EOS, more than "
+                                       "data.max_target_len=3.*truncate_targets=True"):
+    train.run(cfg, str(tmp_path))
+
+
+def test_checkpoint_of_another_architecture(corpus, tmp_path):
+  ckpt = Checkpointer(str(tmp_path / "gpt" / "checkpoints"), async_save=False)
+  state = {"step": jnp.asarray(1, jnp.int32), "params": {"w": jnp.ones((2,))}, "opt_state": {}}
+  ckpt.save(1, state, SyntheticLM(), {"family": "gpt", "model": {}}, force=True)
+  ckpt.close()
+  cfg = _summarize(corpus, input_field="body", target_field="title")
+  cfg.init_checkpoint = str(tmp_path / "gpt")
+  with pytest.raises(ValueError, match="holds a 'gpt' model, not a T5 model"):
+    train.run(cfg, str(tmp_path / "wd"))
+
+
+def test_vocabulary_without_enough_sentinels(corpus, tmp_path):
+  with pytest.raises(ValueError, match="needs 2 sentinels.*extra_ids=1"):
+    train.run(_cfg(corpus, extra_ids=1), str(tmp_path))
+
+
+def test_unknown_task(corpus, tmp_path):
+  cfg = _cfg(corpus)
+  cfg.task = "translate"
+  with pytest.raises(ValueError, match="unknown task 'translate'; valid: \\['pretrain', "
+                                       "'summarize'\\]"):
+    train.run(cfg, str(tmp_path))
