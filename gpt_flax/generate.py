@@ -1,56 +1,340 @@
-"""Text generation from a GPT network with the shared KV-cache decoder (`common/decoding.py`)."""
+"""Text generation from a GPT checkpoint with the shared KV-cache decoder (`common/decoding.py`).
+
+  python -m gpt_flax.generate --workdir=DIR --prompt="A command-line tool" [--prompt=...]
+  python -m gpt_flax.generate --checkpoint=DIR/checkpoints/1500 --prompts_file=prompts.txt \
+      --temperature=0.8 --top_p=0.95 --seed=1 --output=samples.jsonl
+
+The prompt is prefilled in one pass, then one token per step is decoded inside a jitted
+`while_loop` until EOS or `--max_new_tokens`. Ragged prompts share a batch (left-padded). The
+model runs on the mesh of its saved config with the training sharding rules (or `--mesh`).
+
+Sampling draws the token at position p of prompt i with the key
+fold_in(fold_in(key(seed), i), p), by the Gumbel-max trick: a continuation depends only on
+(seed, prompt index, prompt), never on batch size, padding, the other prompts or the mesh.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import glob
+import json
+import math
+import os
+import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
 from flax import nnx
+from jax.sharding import Mesh
 
-from common import decoding
-from common.vocab import Vocabulary
+from common import checkpoint, decoding, entry, sharding, trainer
+from common import config as config_lib
+from common.vocab import Vocabulary, load_vocab
+from gpt_flax.model import GPTModel
 from gpt_flax.network import GPT
+
+PROMPT_BUCKET = 32  # padded prompt lengths are multiples of this: few compiled shapes
+
+
+def inference_params(params: Any, dtype: str) -> Any:
+  """Matrices and biases cast once to the compute dtype (each use casts them to it anyway, so
+  results are unchanged) and a bf16 model reads half the bytes per decoded token. LayerNorm
+  parameters stay fp32: their math is fp32."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return params
+
+  def cast(path, p):
+    is_norm = any(str(getattr(k, "key", k)).endswith("norm") for k in path)
+    return p if is_norm or not jnp.issubdtype(p.dtype, jnp.floating) else p.astype(dtype)
+  return jax.tree_util.tree_map_with_path(cast, params)
+
+
+def sampling_logits(logits_BxV: jax.Array, keys_B: jax.Array, positions_B: jax.Array, *,
+                    temperature: float, top_k: int, top_p: float,
+                    vocab_size: int | None) -> jax.Array:
+  """Logits whose argmax is a sample of the filtered, tempered distribution (Gumbel-max), the
+  noise keyed by row and position."""
+  if vocab_size is not None and vocab_size < logits_BxV.shape[-1]:
+    valid = jnp.arange(logits_BxV.shape[-1]) < vocab_size
+    logits_BxV = jnp.where(valid, logits_BxV, jnp.finfo(logits_BxV.dtype).min)
+  logits = decoding.filter_logits(logits_BxV.astype(jnp.float32) / temperature, top_k=top_k,
+                                  top_p=top_p)
+  gumbel = lambda k, p: jax.random.gumbel(jax.random.fold_in(k, p), logits.shape[-1:])
+  return logits + jax.vmap(gumbel)(keys_B, positions_B)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id", "temperature",
                                              "top_k", "top_p", "vocab_size"))
-def _generate_jit(graphdef, params, prompt_BxP, mask_BxP, key, *, max_new_tokens: int,
-                  eos_id: int, temperature: float, top_k: int, top_p: float,
+def _generate_jit(graphdef, params, prompt_BxP, mask_BxP, seed, row_ids_B, *,
+                  max_new_tokens: int, eos_id: int, temperature: float, top_k: int, top_p: float,
                   vocab_size: int | None):
-  net: GPT = nnx.merge(graphdef, params)
+  dtype = nnx.merge(graphdef, params).cfg.dtype
+  net: GPT = nnx.merge(graphdef, inference_params(params, dtype))
   cache = net.init_cache(prompt_BxP.shape[0], prompt_BxP.shape[1] + max_new_tokens)
+  keys_B = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(row_ids_B)
 
   def step_fn(tokens, positions, segment_ids, cache):
-    return net(tokens, positions_BxL=positions, segment_ids_BxL=segment_ids, cache=cache)
+    kv = jax.tree.map(lambda c: sharding.constrain(
+        c, ("layers", "batch", "kv_length", "act_heads", "kv")), cache.kv)
+    logits, cache = net(tokens, positions_BxL=positions, segment_ids_BxL=segment_ids,
+                        cache=cache._replace(kv=kv))
+    logits = logits[:, -1:]  # the decoder reads only the last position
+    if temperature > 0.0:  # the token at position p + 1 is drawn with key (row, p + 1)
+      logits = sampling_logits(logits[:, 0], keys_B, positions[:, -1] + 1,
+                               temperature=temperature, top_k=top_k, top_p=top_p,
+                               vocab_size=vocab_size)[:, None]
+    return logits, cache
 
+  # Sampling happened in step_fn; the shared loop takes the argmax (and masks padded ids).
   return decoding.generate(step_fn, cache, prompt_BxP, mask_BxP, max_new_tokens=max_new_tokens,
-                           key=key, eos_id=eos_id, temperature=temperature, top_k=top_k,
-                           top_p=top_p, vocab_size=vocab_size)
+                           key=jax.random.key(0), eos_id=eos_id, temperature=0.0,
+                           vocab_size=vocab_size)
+
+
+def check_sampling(*, max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+  if temperature < 0:
+    raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+  if top_k < 0:
+    raise ValueError(f"top_k={top_k} must be >= 0 (0 = off)")
+  if not 0 < top_p <= 1:
+    raise ValueError(f"top_p={top_p} must be in (0, 1] (1 = off)")
+
+
+def _mesh_context(mesh: Mesh | None, rules: sharding.Rules | None):
+  stack = contextlib.ExitStack()
+  if mesh is not None:
+    stack.enter_context(jax.set_mesh(mesh))
+    stack.enter_context(sharding.axis_rules(rules or sharding.RULE_PRESETS["fsdp_tp"]))
+  return stack
 
 
 def generate_tokens(graphdef, params, prompts: list[list[int]], *, max_len: int,
                     max_new_tokens: int, eos_id: int, seed: int = 0, temperature: float = 0.0,
-                    top_k: int = 0, top_p: float = 1.0,
-                    vocab_size: int | None = None) -> list[list[int]]:
-  """Continuations (without the EOS) of ragged token prompts, decoded in one batch."""
-  longest = max((len(p) for p in prompts), default=0)
+                    top_k: int = 0, top_p: float = 1.0, vocab_size: int | None = None,
+                    batch_size: int | None = None, mesh: Mesh | None = None,
+                    rules: sharding.Rules | None = None) -> list[list[int]]:
+  """Continuations (without the EOS) of ragged token prompts, decoded `batch_size` at a time.
+
+  With `mesh`, prompts are sharded over its data axes (each batch padded to a multiple of
+  them) and activations follow `rules`, as in training.
+  """
+  check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                 top_p=top_p)
+  if not prompts:
+    return []
+  longest = max(len(p) for p in prompts)
   if longest + max_new_tokens > max_len:
     raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
                      f"context window of {max_len}")
-  tokens, mask = decoding.left_pad(prompts)
-  out, lengths = _generate_jit(graphdef, params, jnp.asarray(tokens), jnp.asarray(mask),
-                               jax.random.key(seed), max_new_tokens=max_new_tokens,
-                               eos_id=eos_id, temperature=temperature, top_k=top_k, top_p=top_p,
-                               vocab_size=vocab_size)
-  out, lengths = jax.device_get((out, lengths))
-  return [[int(t) for t in row[:n] if t != eos_id] for row, n in zip(out, lengths)]
+  n_data = mesh.shape["data"] * mesh.shape["fsdp"] if mesh is not None else 1
+  rows = math.ceil(min(batch_size or len(prompts), len(prompts)) / n_data) * n_data
+  length = min(math.ceil(longest / PROMPT_BUCKET) * PROMPT_BUCKET, max_len - max_new_tokens)
+  place = ((lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim)))
+           if mesh is not None else jnp.asarray)
+  results = []
+  with _mesh_context(mesh, rules):
+    for start in range(0, len(prompts), rows):
+      chunk = prompts[start:start + rows]
+      real = len(chunk)
+      chunk = chunk + [chunk[0]] * (rows - real)  # filler rows end when the first one does
+      tokens, mask = decoding.left_pad(chunk, length=length)
+      row_ids = np.arange(start, start + rows, dtype=np.int32)
+      out, lengths = _generate_jit(
+          graphdef, params, place(tokens), place(mask), jnp.asarray(seed, jnp.int32),
+          place(row_ids), max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
+          top_k=top_k, top_p=top_p, vocab_size=vocab_size)
+      out, lengths = jax.device_get((out, lengths))
+      results += [[int(t) for t in row[:n] if t != eos_id]
+                  for row, n in zip(out[:real], lengths[:real])]
+  return results
+
+
+def continuation_text(vocab: Vocabulary, prompt_ids: list[int], ids: list[int]) -> str:
+  """Decoded continuation that keeps its leading space (SentencePiece drops it alone)."""
+  head = vocab.decode(prompt_ids)
+  full = vocab.decode(list(prompt_ids) + list(ids))
+  return full[len(head):] if full.startswith(head) else vocab.decode(ids)
+
+
+def encode_prompt(vocab: Vocabulary, text: str) -> list[int]:
+  """Prompt ids as training saw a document start: BOS, then the text."""
+  return [vocab.bos_id] + vocab.encode(text)
 
 
 def generate_text(graphdef, params, vocab: Vocabulary, prompts: list[str], *, max_len: int,
                   max_new_tokens: int, **kwargs) -> list[str]:
-  encoded = [[vocab.bos_id] + vocab.encode(p) for p in prompts]
+  encoded = [encode_prompt(vocab, p) for p in prompts]
   outs = generate_tokens(graphdef, params, encoded, max_len=max_len,
                          max_new_tokens=max_new_tokens, eos_id=vocab.eos_id,
                          vocab_size=vocab.vocab_size, **kwargs)
-  return [vocab.decode(o) for o in outs]
+  return [continuation_text(vocab, e, o) for e, o in zip(encoded, outs)]
+
+
+@dataclasses.dataclass
+class LoadedGPT:
+  """A trained GPT ready for inference: its config, setup (mesh, rules), params, tokenizer."""
+  cfg: ml_collections.ConfigDict
+  setup: trainer.Setup
+  params: Any
+  vocab: Vocabulary
+  step: int
+  run_dir: str
+
+  @property
+  def max_len(self) -> int:
+    return self.cfg.model.max_len
+
+  def generate(self, prompts: list[str], **kwargs) -> list[str]:
+    return generate_text(self.setup.graphdef, self.params, self.vocab, prompts,
+                         max_len=self.max_len, mesh=self.setup.mesh, rules=self.setup.rules,
+                         **kwargs)
+
+
+def find_run_dir(path: str) -> str:
+  """The work dir (holding config.json) at or above a checkpoint path: DIR, DIR/checkpoints or
+  DIR/checkpoints/STEP."""
+  p = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(p):
+    raise FileNotFoundError(f"checkpoint path {path} does not exist")
+  for candidate in (p, os.path.dirname(p), os.path.dirname(os.path.dirname(p))):
+    if os.path.isfile(os.path.join(candidate, "config.json")):
+      return candidate
+  raise FileNotFoundError(f"no config.json at or above {path}: pass a GPT work dir (config.json, "
+                          "vocab/, checkpoints/ as gpt_flax.train writes them) or a checkpoint "
+                          "inside one")
+
+
+def _find_tokenizer(run_dir: str, path: str) -> str:
+  vocab_dir = os.path.join(run_dir, "vocab")
+  if not (glob.glob(os.path.join(vocab_dir, "*.model"))
+          or os.path.isfile(os.path.join(vocab_dir, "tokenizer.json"))):
+    raise FileNotFoundError(f"checkpoint {path} has no tokenizer: {vocab_dir} holds no *.model "
+                            "(gpt_flax.train saves the run's tokenizer there); pass "
+                            "--tokenizer=PATH.model")
+  return vocab_dir
+
+
+def load_gpt(path: str, *, tokenizer: str | None = None,
+             mesh_shape: tuple[int, int, int] | None = None,
+             dtype: str | None = None) -> LoadedGPT:
+  """Loads a run's params (strict) onto its training mesh/rules, or `mesh_shape`
+  (data, fsdp, tensor); `dtype` overrides the compute dtype (e.g. bfloat16)."""
+  run_dir = find_run_dir(path)
+  with open(os.path.join(run_dir, "config.json")) as f:
+    cfg = ml_collections.ConfigDict(json.load(f))
+  if dtype:
+    cfg.model.dtype = dtype
+  vocab = load_vocab(tokenizer or _find_tokenizer(run_dir, path))
+  if vocab.vocab_size > cfg.model.vocab_size:
+    raise ValueError(f"tokenizer has {vocab.vocab_size} ids but the model's vocab_size is "
+                     f"{cfg.model.vocab_size}: wrong --tokenizer?")
+  mesh = (sharding.make_mesh(*mesh_shape) if mesh_shape is not None
+          else trainer.make_mesh(cfg))
+  setup = trainer.make_setup(GPTModel(cfg), cfg, mesh)
+  params, step, _, _ = checkpoint.load_params(path, setup.abstract_state["params"],
+                                              setup.state_shardings["params"], strict=True)
+  return LoadedGPT(cfg, setup, params, vocab, step, run_dir)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def define_model_flags() -> None:
+  """Flags shared with gpt_flax.icl (defined on demand: importing this module defines none)."""
+  flags.DEFINE_string("checkpoint", None, "A GPT work dir, its checkpoints/ or one step dir.")
+  flags.DEFINE_string("tokenizer", None, "Tokenizer to use instead of the run's vocab/.")
+  flags.DEFINE_string("mesh", None, "data,fsdp,tensor sizes (default: the run's config).")
+  flags.DEFINE_string("dtype", None, "Compute dtype override (float32 or bfloat16).")
+  flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
+
+
+def model_from_flags() -> LoadedGPT:
+  f = flags.FLAGS
+  path = f.checkpoint or (entry.workdir() if f.workdir else None)
+  if not path or (f.checkpoint and f.workdir):
+    raise ValueError("pass exactly one of --workdir=DIR or --checkpoint=PATH")
+  mesh_shape = None
+  if f.mesh:
+    try:
+      mesh_shape = tuple(int(x) for x in f.mesh.split(","))
+    except ValueError:
+      mesh_shape = ()
+    if len(mesh_shape) != 3:
+      raise ValueError(f"--mesh={f.mesh!r}: expected data,fsdp,tensor sizes, e.g. 1,1,1")
+  if f.dtype not in (None, "float32", "bfloat16"):
+    raise ValueError(f"--dtype={f.dtype!r}; valid: float32, bfloat16")
+  return load_gpt(path, tokenizer=f.tokenizer, mesh_shape=mesh_shape, dtype=f.dtype)
+
+
+def _define_flags() -> None:
+  define_model_flags()
+  flags.DEFINE_multi_string("prompt", [], "A prompt (repeatable).")
+  flags.DEFINE_string("prompts_file", None, "Prompts: one per line, or JSONL with --prompt_field.")
+  flags.DEFINE_string("prompt_field", "prompt", "Field of a .jsonl prompts file.")
+  flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate at most (EOS ends earlier).")
+  flags.DEFINE_float("temperature", 0.0, "0 = greedy; else sample at this temperature.")
+  flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0 = off).")
+  flags.DEFINE_float("top_p", 1.0, "Nucleus: the smallest set reaching probability p (1 = off).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_string("output", None, "Write JSONL here instead of text to stdout.")
+
+
+def read_prompts(prompts: list[str], path: str | None, field: str) -> list[str]:
+  if bool(prompts) == bool(path):
+    raise ValueError("pass --prompt=TEXT (repeatable) or --prompts_file=PATH (one of them)")
+  if not path:
+    return list(prompts)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--prompts_file {path} not found")
+  with open(path) as f:
+    lines = [l.rstrip("\r\n") for l in f if l.strip()]
+  if not path.endswith(".jsonl"):
+    return lines
+  out = []
+  for i, line in enumerate(lines, 1):
+    row = json.loads(line)
+    if not isinstance(row, dict) or field not in row:
+      raise ValueError(f"{path}:{i}: expected a JSON object with field {field!r}")
+    out.append(str(row[field]))
+  return out
+
+
+@config_lib.exit_on_error
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}")
+  f = flags.FLAGS
+  prompts = read_prompts(f.prompt, f.prompts_file, f.prompt_field)
+  check_sampling(max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_k=f.top_k,
+                 top_p=f.top_p)
+  model = model_from_flags()
+  texts = model.generate(prompts, max_new_tokens=f.max_new_tokens, seed=f.seed,
+                         temperature=f.temperature, top_k=f.top_k, top_p=f.top_p,
+                         batch_size=f.batch_size)
+  rows = [{"prompt": p, "completion": t, "checkpoint_step": model.step, "seed": f.seed,
+           "temperature": f.temperature, "top_k": f.top_k, "top_p": f.top_p}
+          for p, t in zip(prompts, texts)]
+  if f.output:
+    with open(f.output, "w") as out:
+      out.writelines(json.dumps(r) + "\n" for r in rows)
+    print(f"wrote {len(rows)} completions to {f.output}", file=sys.stderr)
+  else:
+    for r in rows:
+      print(f"{r['prompt']}{r['completion']}\n", flush=True)
+
+
+def cli() -> None:
+  _define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

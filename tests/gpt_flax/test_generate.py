@@ -1,0 +1,149 @@
+"""GPT generation from a work dir: the CLI, sharded = single device, batch-invariant seeded
+sampling, filters through the decoding path, and bad input. (Cache = full forward and greedy
+ragged batches are in test_network.py; the filters alone in tests/common/test_decoding.py.)"""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from common import config as config_lib
+from common import sharding, trainer
+from common.tokenizer import train_sentencepiece
+from common.vocab import load_vocab
+from configs.gpt import get_config
+from gpt_flax import generate as gen
+from gpt_flax.model import GPTModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SYLLABLES = ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "gu", "fa", "zo", "bi", "xe")
+PROMPTS = ["kalo mi", "su", "tari pode gufa zobi xe ka lo"]
+
+
+def make_workdir(root: str, step: int = 7) -> str:
+  """A work dir as gpt_flax.train leaves it (config.json, vocab/, checkpoints/STEP/params),
+  holding a freshly initialised tiny GPT and a small SentencePiece model."""
+  rng = random.Random(0)
+  words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(200)]
+  texts = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(300)]
+  sp = train_sentencepiece(texts, os.path.join(root, "sp", "sp.model"), vocab_size=400)
+  cfg = get_config("tiny")
+  cfg.data.tokenizer = sp
+  model = GPTModel(cfg)
+  setup = trainer.make_setup(model, cfg, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+  params = trainer.init_state(setup)["params"]
+  config_lib.save_config(cfg, root)
+  load_vocab(sp).save_to(os.path.join(root, "vocab"))
+  with ocp.CheckpointManager(os.path.join(root, "checkpoints")) as mgr:
+    mgr.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        meta=ocp.args.JsonSave({"identity": model.identity(), "step": step})))
+    mgr.wait_until_finished()
+  return root
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  return make_workdir(str(tmp_path_factory.mktemp("gpt_run")))
+
+
+def _cli(*args):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, "-m", "gpt_flax.generate", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_generates_on_the_training_mesh_like_the_library_on_one_device(workdir, tmp_path):
+  out = tmp_path / "out.jsonl"
+  done = _cli(f"--workdir={workdir}", *(f"--prompt={p}" for p in PROMPTS), "--max_new_tokens=6",
+              "--temperature=0.9", "--top_k=20", "--seed=3", "--batch_size=2",
+              f"--output={out}")
+  assert done.returncode == 0, done.stderr[-2000:]
+  rows = [json.loads(l) for l in open(out)]
+  assert [r["prompt"] for r in rows] == PROMPTS and rows[0]["checkpoint_step"] == 7
+  # The CLI ran data-parallel over 8 fake devices; the library on one device agrees.
+  model = gen.load_gpt(workdir)
+  ref = gen.generate_text(model.setup.graphdef, jax.device_get(model.params), model.vocab,
+                          PROMPTS, max_len=model.max_len, max_new_tokens=6, temperature=0.9,
+                          top_k=20, seed=3)
+  assert [r["completion"] for r in rows] == ref
+  assert any(ref)
+
+
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=1.0, top_p=0.9, seed=5)])
+def test_sharded_and_batched_generation_equal_single_device_one_at_a_time(workdir, sampling):
+  model = gen.load_gpt(workdir, mesh_shape=(2, 2, 2))
+  prompts = [gen.encode_prompt(model.vocab, p) for p in PROMPTS]
+  kw = dict(max_len=model.max_len, max_new_tokens=8, eos_id=model.vocab.eos_id,
+            vocab_size=model.vocab.vocab_size, **sampling)
+  sharded = gen.generate_tokens(model.setup.graphdef, model.params, prompts, batch_size=3,
+                                mesh=model.setup.mesh, rules=model.setup.rules, **kw)
+  single = jax.device_get(model.params)
+  alone = gen.generate_tokens(model.setup.graphdef, single, prompts, batch_size=1, **kw)
+  assert sharded == alone and any(sharded)
+
+
+def test_top_k_one_sampling_is_greedy(workdir):
+  model = gen.load_gpt(workdir)
+  prompts = [gen.encode_prompt(model.vocab, p) for p in PROMPTS]
+  kw = dict(max_len=model.max_len, max_new_tokens=6, eos_id=model.vocab.eos_id,
+            mesh=model.setup.mesh, rules=model.setup.rules)
+  greedy = gen.generate_tokens(model.setup.graphdef, model.params, prompts, **kw)
+  top1 = gen.generate_tokens(model.setup.graphdef, model.params, prompts, temperature=0.7,
+                             top_k=1, seed=11, **kw)
+  assert top1 == greedy
+
+
+def test_seeded_sampling_keeps_the_nucleus_and_follows_the_distribution():
+  probs = np.array([0.5, 0.3, 0.15, 0.05])
+  n = 4000
+  logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (n, 4))
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(n))
+  draw = lambda **kw: np.asarray(jnp.argmax(gen.sampling_logits(
+      logits, keys, jnp.zeros(n, jnp.int32), temperature=1.0, vocab_size=None, **kw), -1))
+  counts = np.bincount(draw(top_k=0, top_p=1.0), minlength=4) / n
+  np.testing.assert_allclose(counts, probs, atol=0.03)
+  assert set(draw(top_k=0, top_p=0.8)) == {0, 1}       # 0.5 + 0.3 reaches 0.8
+  assert set(draw(top_k=0, top_p=0.81)) == {0, 1, 2}
+  assert set(draw(top_k=3, top_p=1.0)) == {0, 1, 2}
+
+
+def test_bf16_params_cast_once_give_the_same_logits():
+  cfg = get_config("tiny")
+  cfg.model.dtype = "bfloat16"
+  with nnx.use_eager_sharding(False):
+    net = GPTModel(cfg).make_network(nnx.Rngs(0))
+  graphdef, params = nnx.split(net)
+  tokens = jax.random.randint(jax.random.key(1), (2, 10), 4, 512)
+  kw = dict(positions_BxL=jnp.broadcast_to(jnp.arange(10), (2, 10)),
+            segment_ids_BxL=jnp.ones((2, 10), jnp.int32))
+  full = nnx.merge(graphdef, params)(tokens, **kw)[0]
+  cast = nnx.merge(graphdef, gen.inference_params(params, "bfloat16"))(tokens, **kw)[0]
+  np.testing.assert_array_equal(full, cast)
+
+
+def test_bad_input(workdir, tmp_path):
+  model = gen.load_gpt(workdir)
+  with pytest.raises(ValueError, match="exceeds the context window of 64"):
+    model.generate(["ka " * 80], max_new_tokens=4)
+  with pytest.raises(ValueError, match="top_p=0.0 must be in"):
+    model.generate(["ka"], max_new_tokens=4, temperature=1.0, top_p=0.0)
+  bare = tmp_path / "no_vocab"
+  shutil.copytree(workdir, bare)
+  shutil.rmtree(bare / "vocab")
+  with pytest.raises(FileNotFoundError, match="has no tokenizer"):
+    gen.load_gpt(str(bare / "checkpoints"))
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    gen.load_gpt(str(tmp_path))
+  done = _cli(f"--checkpoint={bare}/checkpoints/7", "--prompt=ka")
+  assert done.returncode == 2 and "error: checkpoint" in done.stderr
+  assert "has no tokenizer" in done.stderr and "Traceback" not in done.stderr
