@@ -86,9 +86,9 @@ def test_demonstrations_never_include_the_query_item():
 def test_demonstrations_that_do_not_fit_are_dropped_then_the_query_is_cut():
   vocab = WordVocab(WORDS)
   demos = [("great film", "good"), ("dull plot", "bad")]
-  # bos + "Rate it." (2) + 4 per demo + query (2 + len): 2 demos + 2-word query = 1 + 2 + 8 + 4.
-  assert icl.fit_prompt(SENTIMENT, vocab, demos, "long film", 15).shots == 2
-  assert icl.fit_prompt(SENTIMENT, vocab, demos, "long film", 14).shots == 1
+  # bos + "Rate it." (2) + 5 per demo + query (2 + its words): 1 + 2 + 10 + 4 = 17 tokens.
+  assert icl.fit_prompt(SENTIMENT, vocab, demos, "long film", 17).shots == 2
+  assert icl.fit_prompt(SENTIMENT, vocab, demos, "long film", 16).shots == 1
   p = icl.fit_prompt(SENTIMENT, vocab, demos, "long film fine plot", 6)
   assert (p.shots, p.truncated, p.text) == (0, True, "Rate it.\n\nReview: long\nSentiment:")
   with pytest.raises(ValueError, match="instruction and template alone"):
