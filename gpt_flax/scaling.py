@@ -129,7 +129,7 @@ def counts(cfg: ConfigDict) -> dict:
   model = GPTModel(cfg)
   c = model.net_cfg
   n = model.num_params(non_embedding=True)
-  return {"N": n, "N_total": model.num_params(non_embedding=False),
+  return {"N": n, "N_total": n + (c.vocab_size + c.max_len) * c.d_model,
           "flops_per_token": 6.0 * n + 12.0 * c.num_layers * c.d_model * cfg.data.seq_len,
           "flops_per_token_with_logits": model.flops_per_token()}
 
@@ -258,7 +258,7 @@ def fit_records(records: list[dict], n_boot: int) -> dict:
 
 def _fmt(fit: dict, key: str) -> str:
   if "skipped" in fit:
-    return f"skipped ({fit['skipped']})"
+    return "n/a (see below)"
   v, ci = fit["value"][key], fit["ci68"].get(key, [float("nan")] * 2)
   return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
@@ -276,11 +276,14 @@ def summary(fit: dict) -> str:
       ("beta     L(N,D) param.", _fmt(fit["parametric"], "beta"), "-", f"{ch['beta']}"),
       ("a  N_opt ~ C^a (param.)", _fmt(fit["parametric"], "a"), f"{k['a']}",
        "/".join(str(v) for v in ch["a"].values())),
-      ("a  N of frontier runs", _fmt(fit["N_opt_frontier"], "a"), f"{k['a']}", "-"),
   ]
   head = f"{'exponent':28s} {'this sweep (68% interval)':34s} {'Kaplan20':>9s}  {'Chinchilla22':>14s}"
   lines = [head, "-" * len(head)]
   lines += [f"{a:28s} {b:34s} {c:>9s}  {d:>14s}" for a, b, c, d in rows]
+  skipped = {f"{name}/{form}": f[form]["skipped"] for name, f in fit.items()
+             if isinstance(f, dict) for form in ("power", "power+E") if "skipped" in f.get(form, {})}
+  skipped |= {name: f["skipped"] for name, f in fit.items() if isinstance(f, dict) and "skipped" in f}
+  lines += [f"n/a {name}: {why}" for name, why in skipped.items()]
   return "\n".join(lines)
 
 
@@ -289,6 +292,8 @@ def run_sweep(sweep: Sweep, workdir: str, *, data: dict, fit_only: bool = False,
   """Trains every run not yet finished, then writes runs.csv, fit.json and the plots."""
   os.makedirs(workdir, exist_ok=True)
   runs = plan(sweep)
+  for run in runs:  # a work dir of another sweep is refused before anything is trained
+    _check_same_run(os.path.join(workdir, "runs", run.name), run_config(sweep, run, data))
   _write_json(os.path.join(workdir, "sweep.json"),
               {"sweep": dataclasses.asdict(sweep), "data": data,
                "runs": [r.name for r in runs]})
@@ -307,11 +312,11 @@ def run_sweep(sweep: Sweep, workdir: str, *, data: dict, fit_only: bool = False,
   if not records:
     raise ValueError(f"no finished runs in {workdir}/runs to fit; run without --fit_only first")
   write_csv(records, os.path.join(workdir, "runs.csv"))
+  curves = {r["name"]: learning_curve(os.path.join(workdir, "runs", r["name"])) for r in records}
   fit = fit_records(records, n_boot)
   fit["wall_s_runs_total"] = sum(r["wall_s"] for r in records)
   fit["cpu_s_runs_total"] = sum(r["cpu_s"] for r in records)
   _write_json(os.path.join(workdir, "fit.json"), fit)
-  curves = {r["name"]: learning_curve(os.path.join(workdir, "runs", r["name"])) for r in records}
   plot_all(records, curves, fit, workdir)
   print(summary(fit), flush=True)
   print(f"scaling | wrote {workdir}/runs.csv, fit.json, scaling.png (+ per-panel PNGs); "
@@ -327,6 +332,14 @@ def _fit_label(fit: dict, key: str, what: str) -> str:
   v, ci = fit["value"][key], fit["ci68"].get(key)
   err = f" ± {(ci[1] - ci[0]) / 2:.3f}" if ci else ""
   return f"{what}: {key} = {v:.3f}{err}"
+
+
+def _plain_y(ax) -> None:
+  """Loss axes are log-scaled over a narrow range: label ticks 4.5, 5, ... not 4.5x10^0."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  fmt = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+  ax.yaxis.set_major_formatter(fmt)
+  ax.yaxis.set_minor_formatter(fmt)
 
 
 def _draw_loss_vs_params(ax, records, fit, cmap_d) -> None:
@@ -347,7 +360,8 @@ def _draw_loss_vs_params(ax, records, fit, cmap_d) -> None:
     ax.plot(xs, p["E"] + p["A"] * xs ** -p["alpha"], "k-", lw=1,
             label=_fit_label(lf["power+E"], "alpha", f"E + A/N^α, E={p['E']:.2f}"))
   ax.set(xscale="log", yscale="log", xlabel="non-embedding parameters N",
-         ylabel="validation loss (nats/token)", title="Loss vs model size (best run per size)")
+         ylabel="validation loss (nats/token)", title="Loss vs model size (fit: best run per size)")
+  _plain_y(ax)
   ax.legend(fontsize=7)
 
 
@@ -374,29 +388,32 @@ def _draw_loss_vs_compute(ax, records, curves, fit, cmap_n) -> None:
             label=_fit_label(lf["power+E"], "alpha", f"E + A/C^α, E={p['E']:.2f}"))
   ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)",
          ylabel="validation loss", title="Loss vs compute (lines: eval during training)")
+  _plain_y(ax)
   ax.legend(fontsize=7)
 
 
 def _draw_compute_optimal(ax, records, fit, cmap_n) -> None:
-  c, n = np.array([r["C"] for r in records]), np.array([r["N"] for r in records])
   c6 = np.array([r["C_6ND"] for r in records])
-  fr = fit["L_C"]["frontier"]
-  ax.scatter(c[fr], n[fr], c=[cmap_n(v) for v in n[fr]], s=30, zorder=3,
-             label="frontier runs (C with attention)")
+  ax.scatter(c6, [r["N"] for r in records], c=[cmap_n(r["N"]) for r in records], s=14,
+             alpha=0.6, label="runs")
   xs = np.geomspace(c6.min(), c6.max(), 100)
+  c6_fr = scaling_fit.frontier(c6, [r["val_loss"] for r in records])
+  ax.plot(c6[c6_fr], [records[i]["N"] for i in c6_fr], "o", mfc="none", mec="k", ms=9,
+          label="compute frontier (C = 6ND)")
   pf = fit["parametric"]
   if "value" in pf:
     p = pf["value"]
     ax.plot(xs, scaling_fit.compute_optimal_n(p, xs), "k-", lw=1.2,
-            label=_fit_label(pf, "a", "L(N,D) fit, N_opt ∝ C^a (C = 6ND)"))
+            label=_fit_label(pf, "a", "L(N,D) fit"))
     anchor_c = math.sqrt(xs[0] * xs[-1])
     anchor_n = float(scaling_fit.compute_optimal_n(p, anchor_c))
     for name, a, style in (("Kaplan", scaling_fit.PUBLISHED["kaplan"]["a"], ":"),
-                           ("Chinchilla", 0.50, "-.")):
+                           ("Chinchilla", scaling_fit.PUBLISHED["chinchilla"]["a"]["approach 1"],
+                            "-.")):
       ax.plot(xs, anchor_n * (xs / anchor_c) ** a, "k", ls=style, lw=0.8,
-              label=f"{name} slope a = {a}")
-  ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)",
-         ylabel="non-embedding parameters N", title="Compute-optimal model size")
+              label=f"{name}: a = {a}")
+  ax.set(xscale="log", yscale="log", xlabel="training compute C = 6ND (FLOPs)",
+         ylabel="non-embedding parameters N", title="Compute-optimal size N_opt ∝ C^a")
   ax.legend(fontsize=7)
 
 
@@ -432,15 +449,14 @@ def plot_all(records: list[dict], curves: dict, fit: dict, outdir: str) -> list[
   colorbar = plt.cm.ScalarMappable(norm=norm_n, cmap="viridis")
   paths = []
   for name, draw in panels.items():
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(6, 4.5), layout="constrained")
     draw(ax)
     if name != "loss_vs_params":
       fig.colorbar(colorbar, ax=ax, label="N (non-embedding)")
-    fig.tight_layout()
     paths.append(os.path.join(outdir, f"{name}.png"))
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
-  fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+  fig, axes = plt.subplots(2, 2, figsize=(13, 9.5), layout="constrained")
   for ax, draw in zip(axes.ravel(), panels.values()):
     draw(ax)
   fig.colorbar(colorbar, ax=axes[:, 1], label="N (non-embedding)", shrink=0.6)
