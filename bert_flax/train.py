@@ -16,24 +16,20 @@ import collections
 import hashlib
 import json
 import os
-import sys
 from typing import Any
 
 import jax
-from absl import app
 from ml_collections import ConfigDict
 
 from bert_flax.data import pretrain_dataset
 from bert_flax.masking import masking_config
 from bert_flax.model import TASKS, BertClassifierModel, BertPretrainModel
-from common import config as config_lib
 from common import entry, trainer
 from common.checkpoint import resolve_checkpoint
 from common.data import classification as cls_data
 from common.data.sources import open_source
 from common.vocab import SentencePieceVocab, load_vocab
 
-_CONFIG, _DEFAULT_CONFIG = entry.define_config_flag("bert", "demo")
 # Architecture fields a fine-tuning config must share with the pretrained checkpoint.
 _ARCH = ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len", "type_vocab_size",
          "pre_norm", "activation", "norm_eps")
@@ -261,16 +257,7 @@ def _report(result: trainer.TrainResult, cfg: ConfigDict, workdir: str,
       json.dump(report, f, indent=2)
 
 
-@config_lib.exit_on_error
-def main(argv) -> None:
-  del argv
-  entry.init_distributed()
-  run(_CONFIG.value, entry.workdir(), prepare=entry.prepare_requested())
-
-
-def cli() -> None:
-  config_lib.exit_on_error(config_lib.check_overrides)(sys.argv, _DEFAULT_CONFIG)
-  app.run(main)
+cli = entry.make_cli(run, "bert", "demo")
 
 
 if __name__ == "__main__":

@@ -26,12 +26,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
 
 
-def define_config_flag(family: str, default_preset: str):
-  default = os.path.join(config_lib.CONFIG_DIR, f"{family}.py:{default_preset}")
-  return config_flags.DEFINE_config_file("config", default, f"{family} config file[:preset]",
-                                         lock_config=True), default
-
-
 def init_distributed() -> None:
   """Multi-host start-up; must run before any other JAX call."""
   if _DISTRIBUTED.value or _COORDINATOR.value:
@@ -78,16 +72,25 @@ def record_run(cfg: ConfigDict, wd: str, vocab: Vocabulary) -> None:
     vocab.save_to(os.path.join(wd, "vocab"))
 
 
-def make_cli(run: Callable[..., Any], config_flag: Any, default_spec: str) -> Callable[[], None]:
+def make_cli(run: Callable[..., Any], family: str, default_preset: str) -> Callable[[], None]:
   """The `cli()` of a `<family>.train` module: config checked before absl parses the flags,
-  multi-host start-up, then `run(config, workdir, prepare=...)`; bad input -> one line, exit 2."""
-  @config_lib.exit_on_error
-  def main(argv) -> None:
-    del argv
-    init_distributed()
-    run(config_flag.value, workdir(), prepare=prepare_requested())
+  multi-host start-up, then `run(config, workdir, prepare=...)`; bad input -> one line, exit 2.
+
+  `--config` is defined when the command starts, not at import, so several families' train
+  modules can be imported in one process (tests, notebooks, sweeps).
+  """
+  default_spec = os.path.join(config_lib.CONFIG_DIR, f"{family}.py:{default_preset}")
 
   def cli() -> None:
+    config_flag = config_flags.DEFINE_config_file(
+        "config", default_spec, f"{family} config file[:preset]", lock_config=True)
+
+    @config_lib.exit_on_error
+    def main(argv) -> None:
+      del argv
+      init_distributed()
+      run(config_flag.value, workdir(), prepare=prepare_requested())
+
     config_lib.exit_on_error(config_lib.check_overrides)(sys.argv, default_spec)
     app.run(main)
 

@@ -12,8 +12,6 @@ from common.data.sources import open_source
 from gpt_flax.generate import generate_text
 from gpt_flax.model import GPTModel
 
-_CONFIG, _DEFAULT_CONFIG = entry.define_config_flag("gpt", "demo")
-
 
 def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
   """Pretrain, evaluate and sample; returns the trainer's result (used by tests and scripts)."""
@@ -49,7 +47,7 @@ def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
   return result
 
 
-cli = entry.make_cli(run, _CONFIG, _DEFAULT_CONFIG)
+cli = entry.make_cli(run, "gpt", "demo")
 
 
 if __name__ == "__main__":

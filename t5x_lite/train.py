@@ -13,12 +13,9 @@ the first `rouge.num_examples` validation examples is computed at every evaluati
 
 from __future__ import annotations
 
-import sys
 
 import orbax.checkpoint as ocp
-from absl import app
 
-from common import config as config_lib
 from common import entry, trainer
 from common.checkpoint import resolve_checkpoint
 from common.data.sources import open_source
@@ -27,8 +24,6 @@ from t5x_lite.decode import predict_ids
 from t5x_lite.model import T5Model
 from t5x_lite.rouge import rouge
 from t5x_lite.span_corruption import check_sentinels, random_spans_helper
-
-_CONFIG, _DEFAULT_CONFIG = entry.define_config_flag("t5", "demo")
 
 
 def checkpoint_identity(path: str) -> dict:
@@ -103,16 +98,7 @@ def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
   return result
 
 
-@config_lib.exit_on_error
-def main(argv) -> None:
-  del argv
-  entry.init_distributed()
-  run(_CONFIG.value, entry.workdir(), prepare=entry.prepare_requested())
-
-
-def cli() -> None:
-  config_lib.exit_on_error(config_lib.check_overrides)(sys.argv, _DEFAULT_CONFIG)
-  app.run(main)
+cli = entry.make_cli(run, "t5", "demo")
 
 
 if __name__ == "__main__":
