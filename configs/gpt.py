@@ -38,9 +38,9 @@ def get_config(preset: str = "demo") -> ConfigDict:
   elif preset == "demo":
     c.model = _model(4, 256, 4, 8192, 128, dtype="bfloat16")
     c.data.seq_len = 128
-    c.train.update(batch_size=16, num_steps=1500, log_every=50, eval_every=500, eval_batches=20,
-                   checkpoint_every=500)
-    c.optimizer.update(learning_rate=2e-3, warmup_steps=100, weight_decay=0.1)
+    c.train.update(batch_size=16, num_steps=600, log_every=25, eval_every=300, eval_batches=20,
+                   checkpoint_every=200)
+    c.optimizer.update(learning_rate=2e-3, warmup_steps=60, weight_decay=0.1)
   elif preset == "bench":
     c.model = _model(6, 512, 8, 8192, 256)
     c.data.seq_len = 256
