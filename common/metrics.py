@@ -13,11 +13,13 @@ from typing import Mapping
 import jax
 from absl import logging
 
-# Peak dense FLOP/s per device, used for the MFU estimate. CPU figures are the fp32/bf16
-# matmul rates measured on the 2-core development machines (see ENGINEERING_NOTES.md); a
+# Peak dense FLOP/s per device, used for the MFU estimate. CPU figures are XLA matmul rates
+# measured on the 2-core development machines: with avx512_bf16 (ENGINEERING_NOTES.md) and on
+# the same Zen 4 cores when the hypervisor hides AVX-512 (benchmarks/gpt_train.py notes); a
 # device kind not listed uses `train.peak_flops_per_device` from the config.
 PEAK_FLOPS = {
     "cpu": {"float32": 180e9, "bfloat16": 330e9},
+    "cpu-avx2": {"float32": 72e9, "bfloat16": 46e9},
     "TPU v4": {"float32": 275e12, "bfloat16": 275e12},
     "TPU v5 lite": {"float32": 197e12, "bfloat16": 197e12},
     "TPU v5p": {"float32": 459e12, "bfloat16": 459e12},
@@ -32,9 +34,17 @@ def peak_flops(dtype: str, override: float = 0.0) -> float:
   if override:
     return override * jax.device_count()
   kind = jax.devices()[0].device_kind
-  if jax.devices()[0].platform == "cpu":
-    return PEAK_FLOPS["cpu"][dtype]  # fake CPU devices share the same cores
+  if jax.devices()[0].platform == "cpu":  # fake CPU devices share the same cores
+    return PEAK_FLOPS["cpu" if _has_avx512_bf16() else "cpu-avx2"][dtype]
   return PEAK_FLOPS.get(kind, {}).get(dtype, 0.0) * jax.device_count()
+
+
+def _has_avx512_bf16() -> bool:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return "avx512_bf16" in f.read()
+  except OSError:
+    return False
 
 
 class MetricsWriter:
