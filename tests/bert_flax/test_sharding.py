@@ -41,7 +41,7 @@ def synthetic_batch(cfg, i: int) -> dict[str, np.ndarray]:
   return out
 
 
-def _losses(mesh, steps=3):
+def _losses(mesh, steps=2):
   cfg = _cfg()
   setup = trainer.make_setup(BertPretrainModel(cfg), cfg, mesh)
   state = trainer.init_state(setup)
