@@ -107,7 +107,7 @@ def plan(sweep: Sweep) -> list[Run]:
 
 
 def run_config(sweep: Sweep, run: Run, data: dict) -> ConfigDict:
-  """The GPT config of one run (the demo preset's optimizer and trainer settings otherwise)."""
+  """The GPT config of one run: AdamW with a cosine schedule, no dropout, fp32."""
   s = run.size
   cfg = get_config("demo")
   cfg.model.update(vocab_size=sweep.vocab_size, max_len=sweep.seq_len, num_layers=s.num_layers,
@@ -118,8 +118,12 @@ def run_config(sweep: Sweep, run: Run, data: dict) -> ConfigDict:
   cfg.train.update(batch_size=sweep.batch_size, num_steps=run.steps,
                    log_every=min(sweep.log_every, run.steps), eval_every=every,
                    eval_batches=sweep.eval_batches, checkpoint_every=every, keep_checkpoints=1)
-  cfg.optimizer.update(learning_rate=sweep.learning_rate(s),
-                       warmup_steps=max(1, min(100, run.steps // 10)))
+  # Pinned here, not inherited, so a change to the demo preset cannot change a study.
+  cfg.model.update(dropout_rate=0.0, norm_eps=1e-5, scan_layers=True, remat_policy="none")
+  cfg.optimizer.update(name="adamw", learning_rate=sweep.learning_rate(s),
+                       warmup_steps=max(1, min(100, run.steps // 10)), schedule="cosine",
+                       end_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8,
+                       clip_norm=1.0)
   cfg.sample.prompts = []
   return cfg
 
@@ -137,13 +141,20 @@ def counts(cfg: ConfigDict) -> dict:
 # ----------------------------------------------------------------------------------------
 # Running the sweep.
 
-_IGNORED_KEYS = ("data_dir", "tokenizer")  # where the data lives may move between sessions
+_IGNORED_KEYS = ("data.data_dir", "data.tokenizer")  # where the data lives may move
 
 
-def _comparable(cfg_dict: dict) -> dict:
-  out = json.loads(json.dumps(cfg_dict))
-  for k in _IGNORED_KEYS:
-    out.get("data", {}).pop(k, None)
+def _config_diffs(saved: dict, planned: dict, prefix: str = "") -> list[str]:
+  """Dotted keys whose values differ. Keys only one side has are not differences: a field
+  added to (or dropped from) the base config by a later version of the code does not make a
+  finished run foreign."""
+  out = []
+  for k in sorted(set(saved) & set(planned)):
+    key, a, b = f"{prefix}{k}", saved[k], planned[k]
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _config_diffs(a, b, key + ".")
+    elif a != b and key not in _IGNORED_KEYS:
+      out.append(f"{key}: {a!r} there vs {b!r} now")
   return out
 
 
@@ -159,12 +170,10 @@ def _check_same_run(rundir: str, cfg: ConfigDict) -> None:
   if not os.path.exists(path):
     return
   with open(path) as f:
-    saved = _comparable(json.load(f))
-  planned = _comparable(json.loads(cfg.to_json_best_effort()))
-  if saved != planned:
-    diffs = [k for k in sorted(set(saved) | set(planned)) if saved.get(k) != planned.get(k)]
-    raise ValueError(f"{rundir} holds a run with a different config (sections {diffs}); use "
-                     "a new --workdir for a different sweep")
+    diffs = _config_diffs(json.load(f), json.loads(cfg.to_json_best_effort()))
+  if diffs:
+    raise ValueError(f"{rundir} holds a run with a different config ({'; '.join(diffs[:4])}); "
+                     "use a new --workdir for a different sweep")
 
 
 def run_one(sweep: Sweep, run: Run, data: dict, workdir: str) -> dict:
@@ -288,7 +297,7 @@ def summary(fit: dict) -> str:
 
 
 def run_sweep(sweep: Sweep, workdir: str, *, data: dict, fit_only: bool = False,
-              n_boot: int = 500) -> dict:
+              n_boot: int = 200) -> dict:
   """Trains every run not yet finished, then writes runs.csv, fit.json and the plots."""
   os.makedirs(workdir, exist_ok=True)
   runs = plan(sweep)
@@ -335,11 +344,13 @@ def _fit_label(fit: dict, key: str, what: str) -> str:
 
 
 def _plain_y(ax) -> None:
-  """Loss axes are log-scaled over a narrow range: label ticks 4.5, 5, ... not 4.5x10^0."""
+  """Loss axes are log-scaled over a narrow range: label ticks 4.5, 5, ... not 4.5x10^0, and
+  leave minor x ticks unlabelled (they collide on short compute ranges)."""
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   fmt = ticker.FuncFormatter(lambda v, _: f"{v:g}")
   ax.yaxis.set_major_formatter(fmt)
   ax.yaxis.set_minor_formatter(fmt)
+  ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _draw_loss_vs_params(ax, records, fit, cmap_d) -> None:
@@ -479,7 +490,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", config_lib.DEFAULT_DATA_DIR, "Prepar
 _TOKENIZER = flags.DEFINE_string("tokenizer", "", "SentencePiece model (default: data_dir's).")
 _TEXT_FIELD = flags.DEFINE_string("text_field", "text", "Text field of the dataset's examples.")
 _FIT_ONLY = flags.DEFINE_bool("fit_only", False, "Fit and plot the finished runs; train none.")
-_N_BOOT = flags.DEFINE_integer("n_boot", 500, "Bootstrap resamples per fit.")
+_N_BOOT = flags.DEFINE_integer("n_boot", 200, "Bootstrap resamples per fit.")
 
 
 def sweep_from_flags() -> Sweep:

@@ -73,6 +73,11 @@ def power_law_plus_constant(x: np.ndarray, y: np.ndarray, init: dict | None = No
     log_a, alpha, e = p
     return np.log(e + np.exp(log_a - alpha * lx))
 
+  def jac(p):
+    log_a, alpha, e = p
+    t = np.exp(log_a - alpha * lx)
+    return np.stack([t, -lx * t, np.ones_like(t)], axis=1) / (e + t)[:, None]
+
   if init is not None:  # bootstrap refits: one start at the full-data optimum
     starts = [[math.log(init["A"]), init["alpha"], init["E"]]]
   else:
@@ -85,7 +90,8 @@ def power_law_plus_constant(x: np.ndarray, y: np.ndarray, init: dict | None = No
   best = None
   for p0 in starts:
     p0 = np.clip(p0, lo, [np.inf, 5.0, y.min() * 0.999])
-    r = optimize.least_squares(lambda p: model(p) - ly, p0, bounds=(lo, hi), method="trf")
+    r = optimize.least_squares(lambda p: model(p) - ly, p0, jac=jac, bounds=(lo, hi),
+                               method="trf")
     if best is None or r.cost < best.cost:
       best = r
   log_a, alpha, e = best.x
@@ -110,6 +116,12 @@ def parametric(n: np.ndarray, d: np.ndarray, y: np.ndarray, init: dict | None = 
     a, b, e, alpha, beta = p
     return np.logaddexp(np.logaddexp(a - alpha * ln, b - beta * ld), e)
 
+  def jac(p):
+    a, b, e, alpha, beta = p
+    w = np.exp(np.stack([a - alpha * ln, b - beta * ld, np.full_like(ln, e)], axis=1)
+               - model(p)[:, None])  # each term's share of L
+    return np.stack([w[:, 0], w[:, 1], w[:, 2], -ln * w[:, 0], -ld * w[:, 1]], axis=1)
+
   if init is not None:
     starts = [[math.log(init["A"]), math.log(init["B"]), math.log(init["E"]), init["alpha"],
                init["beta"]]]
@@ -121,8 +133,8 @@ def parametric(n: np.ndarray, d: np.ndarray, y: np.ndarray, init: dict | None = 
   for p0 in starts:
     p0 = np.clip(p0, lo, np.array(hi) - 1e-6)
     # Chinchilla's Huber delta is 1e-3 (in log loss): robust to a diverged or unlucky run.
-    r = optimize.least_squares(lambda p: model(p) - ly, p0, bounds=(lo, hi), loss="huber",
-                               f_scale=1e-3, method="trf")
+    r = optimize.least_squares(lambda p: model(p) - ly, p0, jac=jac, bounds=(lo, hi),
+                               loss="huber", f_scale=1e-3, method="trf", max_nfev=200)
     if best is None or r.cost < best.cost:
       best = r
   a, b, e, alpha, beta = best.x
@@ -163,7 +175,7 @@ def loglinear(x: np.ndarray, y: np.ndarray) -> tuple[dict, np.ndarray]:
 
 
 def bootstrap(fit: Callable[[np.ndarray], tuple[dict, np.ndarray]], y: np.ndarray, *,
-              num_params: int, n_boot: int = 500, seed: int = 0) -> dict:
+              num_params: int, n_boot: int = 200, seed: int = 0) -> dict:
   """Point fit plus residual-bootstrap intervals: {"value": params, "ci68": {k: [lo, hi]},
   "std": {k: s}, "rmse_log": ...}. `fit(y)` refits on the fixed design."""
   params, fitted = fit(y)
@@ -212,7 +224,7 @@ def _curves(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> dict:
 
 
 def fit_all(n: np.ndarray, d: np.ndarray, c: np.ndarray, loss: np.ndarray, *,
-            n_boot: int = 500, seed: int = 0) -> dict:
+            n_boot: int = 200, seed: int = 0) -> dict:
   """Every fit of the study from per-run arrays: non-embedding params N, tokens D, training
   compute C, final validation loss. Indices refer to the input order; a fit with too few
   points says why instead of failing the study.
