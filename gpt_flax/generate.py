@@ -144,7 +144,7 @@ def generate_tokens(graphdef, params, prompts: list[list[int]], *, max_len: int,
     for start in range(0, len(prompts), rows):
       chunk = prompts[start:start + rows]
       real = len(chunk)
-      chunk = chunk + [chunk[0]] * (rows - real)  # filler rows end when the first one does
+      chunk = chunk + [chunk[0]] * (rows - real)  # filler rows: decoded, then dropped
       tokens, mask = decoding.left_pad(chunk, length=length)
       row_ids = np.arange(start, start + rows, dtype=np.int32)
       out, lengths = _generate_jit(

@@ -2,6 +2,7 @@
 sampling, filters through the decoding path, and bad input. (Cache = full forward and greedy
 ragged batches are in test_network.py; the filters alone in tests/common/test_decoding.py.)"""
 
+import functools
 import json
 import os
 import random
@@ -14,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from flax import nnx
 
 from common import config as config_lib
 from common import sharding, trainer
@@ -93,13 +93,14 @@ def test_sharded_and_batched_generation_equal_single_device_one_at_a_time(workdi
 
 
 def test_top_k_one_sampling_is_greedy(workdir):
-  model = gen.load_gpt(workdir)
+  model = gen.load_gpt(workdir, mesh_shape=(2, 2, 2))
   prompts = [gen.encode_prompt(model.vocab, p) for p in PROMPTS]
-  kw = dict(max_len=model.max_len, max_new_tokens=6, eos_id=model.vocab.eos_id,
-            mesh=model.setup.mesh, rules=model.setup.rules)
-  greedy = gen.generate_tokens(model.setup.graphdef, model.params, prompts, **kw)
-  top1 = gen.generate_tokens(model.setup.graphdef, model.params, prompts, temperature=0.7,
-                             top_k=1, seed=11, **kw)
+  kw = dict(max_len=model.max_len, max_new_tokens=8, eos_id=model.vocab.eos_id,
+            vocab_size=model.vocab.vocab_size, batch_size=1)  # shapes as above: compiled once
+  single = jax.device_get(model.params)
+  greedy = gen.generate_tokens(model.setup.graphdef, single, prompts, **kw)
+  top1 = gen.generate_tokens(model.setup.graphdef, single, prompts, temperature=0.7, top_k=1,
+                             seed=11, **kw)
   assert top1 == greedy
 
 
@@ -108,27 +109,29 @@ def test_seeded_sampling_keeps_the_nucleus_and_follows_the_distribution():
   n = 4000
   logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (n, 4))
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(n))
-  draw = lambda **kw: np.asarray(jnp.argmax(gen.sampling_logits(
-      logits, keys, jnp.zeros(n, jnp.int32), temperature=1.0, vocab_size=None, **kw), -1))
+
+  @functools.partial(jax.jit, static_argnames=("top_k", "top_p"))
+  def sample(logits, keys, top_k, top_p):  # arguments, not constants: XLA would fold the sort
+    return jnp.argmax(gen.sampling_logits(logits, keys, jnp.zeros(n, jnp.int32), temperature=1.0,
+                                          top_k=top_k, top_p=top_p, vocab_size=None), -1)
+  draw = lambda **kw: np.asarray(sample(logits, keys, **kw))
   counts = np.bincount(draw(top_k=0, top_p=1.0), minlength=4) / n
   np.testing.assert_allclose(counts, probs, atol=0.03)
-  assert set(draw(top_k=0, top_p=0.8)) == {0, 1}       # 0.5 + 0.3 reaches 0.8
-  assert set(draw(top_k=0, top_p=0.81)) == {0, 1, 2}
-  assert set(draw(top_k=3, top_p=1.0)) == {0, 1, 2}
+  assert set(draw(top_k=0, top_p=0.75)) == {0, 1}  # 0.5 + 0.3 is the smallest set >= 0.75
+  assert set(draw(top_k=3, top_p=0.85)) == {0, 1, 2}
 
 
 def test_bf16_params_cast_once_give_the_same_logits():
   cfg = get_config("tiny")
   cfg.model.dtype = "bfloat16"
-  with nnx.use_eager_sharding(False):
-    net = GPTModel(cfg).make_network(nnx.Rngs(0))
-  graphdef, params = nnx.split(net)
+  one_device = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  setup = trainer.make_setup(GPTModel(cfg), cfg, one_device)
+  params = trainer.init_state(setup)["params"]
   tokens = jax.random.randint(jax.random.key(1), (2, 10), 4, 512)
   kw = dict(positions_BxL=jnp.broadcast_to(jnp.arange(10), (2, 10)),
             segment_ids_BxL=jnp.ones((2, 10), jnp.int32))
-  full = nnx.merge(graphdef, params)(tokens, **kw)[0]
-  cast = nnx.merge(graphdef, gen.inference_params(params, "bfloat16"))(tokens, **kw)[0]
-  np.testing.assert_array_equal(full, cast)
+  logits = jax.jit(lambda p: setup.merge(p)(tokens, **kw)[0])
+  np.testing.assert_array_equal(logits(params), logits(gen.inference_params(params, "bfloat16")))
 
 
 def test_bad_input(workdir, tmp_path):
@@ -144,6 +147,3 @@ def test_bad_input(workdir, tmp_path):
     gen.load_gpt(str(bare / "checkpoints"))
   with pytest.raises(FileNotFoundError, match="no config.json"):
     gen.load_gpt(str(tmp_path))
-  done = _cli(f"--checkpoint={bare}/checkpoints/7", "--prompt=ka")
-  assert done.returncode == 2 and "error: checkpoint" in done.stderr
-  assert "has no tokenizer" in done.stderr and "Traceback" not in done.stderr
