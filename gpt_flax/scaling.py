@@ -158,10 +158,21 @@ def _config_diffs(saved: dict, planned: dict, prefix: str = "") -> list[str]:
   return out
 
 
+def _finite(obj):
+  """NaN/inf (a scale that a flat power law lacks) become null: fit.json stays strict JSON."""
+  if isinstance(obj, dict):
+    return {k: _finite(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_finite(v) for v in obj]
+  if isinstance(obj, (float, np.floating)):
+    return float(obj) if math.isfinite(obj) else None
+  return obj
+
+
 def _write_json(path: str, obj) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
+    json.dump(_finite(obj), f, indent=2, sort_keys=True, allow_nan=False)
   os.replace(tmp, path)
 
 
@@ -364,7 +375,7 @@ def _draw_loss_vs_params(ax, records, fit, cmap_d) -> None:
   lf = fit["L_N"]
   if "value" in lf["power"]:
     p = lf["power"]["value"]
-    ax.plot(xs, (p["x_c"] / xs) ** p["alpha"], "k--", lw=1,
+    ax.plot(xs, p["k"] * xs ** -p["alpha"], "k--", lw=1,
             label=_fit_label(lf["power"], "alpha", "(N_c/N)^α"))
   if "value" in lf["power+E"]:
     p = lf["power+E"]["value"]
@@ -391,7 +402,7 @@ def _draw_loss_vs_compute(ax, records, curves, fit, cmap_n) -> None:
   lf = fit["L_C"]
   if "value" in lf["power"]:
     p = lf["power"]["value"]
-    ax.plot(xs, (p["x_c"] / xs) ** p["alpha"], "k--", lw=1,
+    ax.plot(xs, p["k"] * xs ** -p["alpha"], "k--", lw=1,
             label=_fit_label(lf["power"], "alpha", "(C_c/C)^α"))
   if "value" in lf["power+E"]:
     p = lf["power+E"]["value"]

@@ -50,13 +50,21 @@ def _check(n: int, kind: str) -> None:
 
 
 def power_law(x: np.ndarray, y: np.ndarray) -> tuple[dict, np.ndarray]:
-  """y = (x_c / x)^alpha, by linear least squares of log y on log x (Kaplan's form)."""
+  """y = (x_c / x)^alpha = k x^-alpha, by linear least squares of log y on log x (Kaplan's
+  form)."""
   _check(len(x), "power")
   lx, ly = np.log(x), np.log(y)
   slope, icpt = np.polyfit(lx, ly, 1)
   alpha = -slope
-  params = {"alpha": alpha, "x_c": math.exp(icpt / alpha) if alpha > 0 else float("nan")}
-  return params, np.exp(icpt + slope * lx)
+  return {"alpha": alpha, "k": math.exp(icpt), "x_c": _scale(icpt, alpha)}, \
+      np.exp(icpt + slope * lx)
+
+
+def _scale(log_k: float, alpha: float) -> float:
+  """x_c of k x^-alpha = (x_c / x)^alpha; inf when alpha is ~0 (a flat law has no scale)."""
+  if alpha <= 0:
+    return float("nan")
+  return math.exp(log_k / alpha) if log_k / alpha < 700 else float("inf")
 
 
 def power_law_plus_constant(x: np.ndarray, y: np.ndarray, init: dict | None = None
@@ -95,8 +103,7 @@ def power_law_plus_constant(x: np.ndarray, y: np.ndarray, init: dict | None = No
     if best is None or r.cost < best.cost:
       best = r
   log_a, alpha, e = best.x
-  params = {"alpha": alpha, "A": math.exp(log_a), "E": e,
-            "x_c": math.exp(log_a / alpha) if alpha > 0 else float("nan")}
+  params = {"alpha": alpha, "A": math.exp(log_a), "E": e, "x_c": _scale(log_a, alpha)}
   return params, np.exp(model(best.x))
 
 
@@ -200,7 +207,8 @@ def bootstrap(fit: Callable[[np.ndarray], tuple[dict, np.ndarray]], y: np.ndarra
     v = v[np.isfinite(v)]
     if len(v):
       out["ci68"][k] = [float(np.percentile(v, 16)), float(np.percentile(v, 84))]
-      out["std"][k] = float(v.std())
+      with np.errstate(over="ignore"):  # scales like x_c of a near-flat law reach 1e300
+        out["std"][k] = float(v.std())
   return out
 
 

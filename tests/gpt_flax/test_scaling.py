@@ -171,7 +171,7 @@ def corpus(tmp_path_factory):
           "text_field": "body"}
 
 
-TINY = scaling.Sweep(sizes=scaling.parse_sizes("16x1,32x1,48x1"), steps=(4,), batch_size=8,
+TINY = scaling.Sweep(sizes=scaling.parse_sizes("32x1,32x2,32x3"), steps=(4,), batch_size=8,
                      seq_len=32, eval_batches=2, evals_per_run=1, log_every=2, vocab_size=512)
 
 
@@ -184,7 +184,7 @@ def test_tiny_sweep_end_to_end_resumes_and_skips(corpus, tmp_path, capsys):
                "loss_vs_compute.png", "compute_optimal.png", "learning_curves.png"):
     assert os.path.getsize(tmp_path / name) > 0, name
   rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
-  assert [r["name"] for r in rows] == ["d0016l01_s000004", "d0032l01_s000004", "d0048l01_s000004"]
+  assert [r["name"] for r in rows] == ["d0032l01_s000004", "d0032l02_s000004", "d0032l03_s000004"]
   for r in rows:
     assert int(r["D"]) == 4 * 8 * 32
     assert math.isclose(float(r["C_6ND"]), 6 * int(r["N"]) * int(r["D"]))
@@ -198,11 +198,11 @@ def test_tiny_sweep_end_to_end_resumes_and_skips(corpus, tmp_path, capsys):
 
   # Rerun: finished runs are read back, not retrained. A run whose result was lost resumes
   # from its final checkpoint (no step repeated) and records a second session.
-  os.remove(tmp_path / "runs" / "d0032l01_s000004" / "result.json")
+  os.remove(tmp_path / "runs" / "d0032l02_s000004" / "result.json")
   again = scaling.run_sweep(TINY, str(tmp_path), data=corpus, n_boot=20)
   out = capsys.readouterr().out
   assert out.count("finished earlier, skipped") == 2 and out.count(": training 4 steps") == 1
-  assert "| loss " not in out.split("d0032l01_s000004: training")[1]  # no training step logged
+  assert "| loss " not in out.split("d0032l02_s000004: training")[1]  # no training step logged
   rows2 = list(csv.DictReader(open(tmp_path / "runs.csv")))
   assert np.allclose([float(r["val_loss"]) for r in rows2], [float(r["val_loss"]) for r in rows],
                      rtol=1e-6)
