@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -79,7 +78,8 @@ class Sweep:
     return round(self.base_lr * math.sqrt(256 / size.d_model), 6)
 
 
-# Budgets are for 2 dedicated CPU cores (measured throughput, see the report in the README).
+# Sized for 2 dedicated CPU cores: quick <= 10 min, cpu <= 60 min (from measured CPU time per
+# step and per run; see the scaling section of the README).
 PRESETS = {
     # 6 sizes, 12.8k..595k non-embedding params (46x), x 2 budgets (102k, 307k tokens).
     "quick": Sweep(sizes=parse_sizes("32x1,48x1,64x1,64x2,96x2,128x3"), steps=(100, 300),
@@ -110,16 +110,16 @@ def run_config(sweep: Sweep, run: Run, data: dict) -> ConfigDict:
   """The GPT config of one run: AdamW with a cosine schedule, no dropout, fp32."""
   s = run.size
   cfg = get_config("demo")
+  # Every field pinned here, not inherited, so a change to the demo preset cannot change a study.
   cfg.model.update(vocab_size=sweep.vocab_size, max_len=sweep.seq_len, num_layers=s.num_layers,
                    d_model=s.d_model, num_heads=s.num_heads, d_ff=4 * s.d_model,
-                   dtype="float32")
+                   dtype="float32", dropout_rate=0.0, norm_eps=1e-5, scan_layers=True,
+                   remat_policy="none")
   cfg.data.update(seq_len=sweep.seq_len, **data)
   every = max(1, run.steps // sweep.evals_per_run)
   cfg.train.update(batch_size=sweep.batch_size, num_steps=run.steps,
                    log_every=min(sweep.log_every, run.steps), eval_every=every,
                    eval_batches=sweep.eval_batches, checkpoint_every=every, keep_checkpoints=1)
-  # Pinned here, not inherited, so a change to the demo preset cannot change a study.
-  cfg.model.update(dropout_rate=0.0, norm_eps=1e-5, scan_layers=True, remat_policy="none")
   cfg.optimizer.update(name="adamw", learning_rate=sweep.learning_rate(s),
                        warmup_steps=max(1, min(100, run.steps // 10)), schedule="cosine",
                        end_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8,
@@ -297,13 +297,14 @@ def summary(fit: dict) -> str:
       ("a  N_opt ~ C^a (param.)", _fmt(fit["parametric"], "a"), f"{k['a']}",
        "/".join(str(v) for v in ch["a"].values())),
   ]
-  head = f"{'exponent':28s} {'this sweep (68% interval)':34s} {'Kaplan20':>9s}  {'Chinchilla22':>14s}"
+  head = (f"{'exponent':28s} {'this sweep (68% interval)':34s} {'Kaplan20':>9s}  "
+          f"{'Chinchilla22':>14s}")
   lines = [head, "-" * len(head)]
   lines += [f"{a:28s} {b:34s} {c:>9s}  {d:>14s}" for a, b, c, d in rows]
-  skipped = {f"{name}/{form}": f[form]["skipped"] for name, f in fit.items()
-             if isinstance(f, dict) for form in ("power", "power+E") if "skipped" in f.get(form, {})}
-  skipped |= {name: f["skipped"] for name, f in fit.items() if isinstance(f, dict) and "skipped" in f}
-  lines += [f"n/a {name}: {why}" for name, why in skipped.items()]
+  fits = {"L(N) " + form: fit["L_N"][form] for form in ("power", "power+E")}
+  fits |= {"L(C) " + form: fit["L_C"][form] for form in ("power", "power+E")}
+  fits["L(N,D)"] = fit["parametric"]
+  lines += [f"n/a {name}: {f['skipped']}" for name, f in fits.items() if "skipped" in f]
   return "\n".join(lines)
 
 
@@ -494,7 +495,8 @@ def plot_all(records: list[dict], curves: dict, fit: dict, outdir: str) -> list[
 # Command line.
 
 _PRESET = flags.DEFINE_enum("preset", "quick", sorted(PRESETS), "Sweep preset.")
-_SIZES = flags.DEFINE_string("sizes", None, "Override the preset's sizes: D_MODELxLAYERS[xHEADS],...")
+_SIZES = flags.DEFINE_string("sizes", None,
+                             "Override the preset's sizes: D_MODELxLAYERS[xHEADS],...")
 _STEPS = flags.DEFINE_string("steps", None, "Override the preset's step budgets: S1,S2,...")
 _DATASET = flags.DEFINE_string("dataset", "debian", "Dataset spec (see common/data/sources.py).")
 _DATA_DIR = flags.DEFINE_string("data_dir", config_lib.DEFAULT_DATA_DIR, "Prepared data.")

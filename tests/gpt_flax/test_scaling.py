@@ -78,7 +78,7 @@ def test_fit_all_says_why_a_fit_is_missing():
   out = sf.fit_all([1e4, 2e4, 4e4], [1e5] * 3, [1e10, 2e10, 4e10], [6.0, 5.5, 5.1], n_boot=20)
   assert "value" in out["L_N"]["power"]
   assert "at least 4 points" in out["L_N"]["power+E"]["skipped"]
-  assert "2 distinct D" in out["parametric"]["skipped"] or "6 points" in out["parametric"]["skipped"]
+  assert "at least 6 points" in out["parametric"]["skipped"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +124,8 @@ def test_param_and_flop_counts_match_independent_counts():
   # logits) + attention per token; bias/norm params are in N but cost no matmul.
   setup = trainer.make_setup(model, cfg, trainer.make_mesh(cfg))
   b, t = sweep.batch_size, sweep.seq_len
-  batch = {k: jnp.zeros((b, t), jnp.int32) for k in ("inputs", "targets", "segment_ids", "positions")}
+  batch = {k: jnp.zeros((b, t), jnp.int32)
+           for k in ("inputs", "targets", "segment_ids", "positions")}
   batch["weights"] = jnp.ones((b, t), jnp.float32)
   loss = lambda p: model.loss(setup.merge(p), batch, dropout_key=None)["loss"]
   with setup.context():
@@ -207,8 +208,8 @@ def test_tiny_sweep_end_to_end_resumes_and_skips(corpus, tmp_path, capsys):
   assert np.allclose([float(r["val_loss"]) for r in rows2], [float(r["val_loss"]) for r in rows],
                      rtol=1e-6)
   assert [r["sessions"] for r in rows2] == ["1", "2", "1"]
-  assert math.isclose(again["L_N"]["power"]["value"]["alpha"], fit["L_N"]["power"]["value"]["alpha"],
-                      rel_tol=1e-4)
+  assert math.isclose(again["L_N"]["power"]["value"]["alpha"],
+                      fit["L_N"]["power"]["value"]["alpha"], rel_tol=1e-4)
 
   # The same work dir with a different sweep is refused before anything is trained.
   changed = dataclasses.replace(TINY, base_lr=1e-3)
