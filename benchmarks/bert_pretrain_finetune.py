@@ -34,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "both arms")
   p.add_argument("--pretrain_steps", type=int, default=0, help="0: the demo preset's")
   p.add_argument("--skip_pretrain", action="store_true", help="reuse OUT/pretrain as it is")
+  p.add_argument("--pretrain_extra", action="append", default=[],
+                 help="extra flags for pretraining, e.g. --pretrain_extra=--config.train."
+                      "checkpoint_every=100 (resume points on a busy machine)")
   p.add_argument("--extra", action="append", default=[],
                  help="extra --config.classify.* flags for both arms, e.g. "
                       "--extra=--config.classify.epochs=4")
@@ -71,7 +74,7 @@ def main(argv=None) -> None:
   pre = os.path.join(out, "pretrain")
   if not a.skip_pretrain:
     steps = [f"--config.train.num_steps={a.pretrain_steps}"] if a.pretrain_steps else []
-    walls["pretrain"] = run(TRAIN + data + steps + [f"--workdir={pre}"],
+    walls["pretrain"] = run(TRAIN + data + steps + a.pretrain_extra + [f"--workdir={pre}"],
                             os.path.join(out, "pretrain.log"))
   results: dict[str, list[dict]] = {"pretrained": [], "random": []}
   for seed in a.seeds:
