@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bert_flax.data import pretrain_dataset
-from bert_flax.masking import masking_config
+from bert_flax.masking import masking_config, word_start_table
 from common.tokenizer import train_sentencepiece
 from common.vocab import SentencePieceVocab
 
@@ -111,3 +111,19 @@ def test_evaluation_batches_are_deterministic(vocab):
   assert len(a) == len(b) > 1
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x["tokens"], y["tokens"])
+
+
+def test_whole_word_masking_uses_sentencepiece_word_starts(vocab):
+  starts = word_start_table(vocab)
+  pieces = [vocab._sp.id_to_piece(i) for i in range(vocab.vocab_size)]
+  assert all(starts[i] == p.startswith("\u2581") for i, p in enumerate(pieces))
+  masking = masking_config(vocab, max_predictions=12, whole_word=True)
+  batch = next(iter(_dataset(vocab, _docs(40, seed=5), masking=masking)))
+  tokens = _unmasked(batch)
+  special = np.isin(tokens, masking.special_ids)
+  for r in range(tokens.shape[0]):
+    sel = np.zeros(tokens.shape[1], bool)
+    sel[batch["mlm_positions"][r][batch["mlm_weights"][r] > 0]] = True
+    word = np.cumsum(starts[tokens[r]] | np.roll(special[r], 1))
+    for w in np.unique(word[sel]):
+      assert sel[(word == w) & ~special[r]].all()
