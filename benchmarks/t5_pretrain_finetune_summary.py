@@ -16,7 +16,7 @@ lead = [" ".join(r["input"].split()[:int(words)]) for r in rows["pretrained"]]
 scores = {"(a) fine-tuned from pretrained": rouge([r["prediction"] for r in rows["pretrained"]], refs),
           "(b) same budget, random init": rouge([r["prediction"] for r in rows["scratch"]], refs),
           f"(c) first {int(words)} words of the input": rouge(lead, refs)}
-wall = dict(l.split() for l in open(f"{out}/wall_seconds.txt"))
+wall = dict(l.split()[:2] for l in open(f"{out}/wall_seconds.txt"))
 lines = [f"Debian description -> synopsis, test split, first {len(refs)} examples "
          "(beam 4, alpha 0.6)", "",
          "| system | ROUGE-1 | ROUGE-2 | ROUGE-Lsum |", "|---|---:|---:|---:|"]
