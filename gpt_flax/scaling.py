@@ -494,7 +494,7 @@ def plot_all(records: list[dict], curves: dict, fit: dict, outdir: str) -> list[
 # ----------------------------------------------------------------------------------------
 # Command line.
 
-_PRESET = flags.DEFINE_enum("preset", "quick", sorted(PRESETS), "Sweep preset.")
+_PRESET = flags.DEFINE_string("preset", "quick", f"Sweep preset: {', '.join(PRESETS)}.")
 _SIZES = flags.DEFINE_string("sizes", None,
                              "Override the preset's sizes: D_MODELxLAYERS[xHEADS],...")
 _STEPS = flags.DEFINE_string("steps", None, "Override the preset's step budgets: S1,S2,...")
@@ -507,6 +507,8 @@ _N_BOOT = flags.DEFINE_integer("n_boot", 200, "Bootstrap resamples per fit.")
 
 
 def sweep_from_flags() -> Sweep:
+  if _PRESET.value not in PRESETS:
+    raise ValueError(f"unknown scaling preset {_PRESET.value!r}; valid: {', '.join(PRESETS)}")
   sweep = PRESETS[_PRESET.value]
   if _SIZES.value:
     sweep = dataclasses.replace(sweep, sizes=parse_sizes(_SIZES.value))
