@@ -84,9 +84,9 @@ PRESETS = {
     # 6 sizes, 12.8k..595k non-embedding params (46x), x 2 budgets (102k, 307k tokens).
     "quick": Sweep(sizes=parse_sizes("32x1,48x1,64x1,64x2,96x2,128x3"), steps=(100, 300),
                    batch_size=16, seq_len=64, eval_batches=16),
-    # 7 sizes, 12.8k..3.2M non-embedding params (250x), x 3 budgets (164k..1.0M tokens).
+    # 7 sizes, 12.8k..3.2M non-embedding params (250x), x 3 budgets (164k, 410k, 819k tokens).
     "cpu": Sweep(sizes=parse_sizes("32x1,48x1,64x2,96x2,128x3,192x3,256x4"),
-                 steps=(80, 200, 500), batch_size=16, seq_len=128, eval_batches=24,
+                 steps=(80, 200, 400), batch_size=16, seq_len=128, eval_batches=24,
                  evals_per_run=4),
 }
 
