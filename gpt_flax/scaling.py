@@ -383,7 +383,8 @@ def _draw_loss_vs_params(ax, records, fit, cmap_d) -> None:
     ax.plot(xs, p["E"] + p["A"] * xs ** -p["alpha"], "k-", lw=1,
             label=_fit_label(lf["power+E"], "alpha", f"E + A/N^α, E={p['E']:.2f}"))
   ax.set(xscale="log", yscale="log", xlabel="non-embedding parameters N",
-         ylabel="validation loss (nats/token)", title="Loss vs model size (fit: best run per size)")
+         ylabel="validation loss (nats/token)",
+         title=f"Loss vs model size (fit at D = {lf['D'] / 1e6:.2g}M tokens)")
   _plain_y(ax)
   ax.legend(fontsize=7)
 

@@ -149,8 +149,9 @@ def parametric(n: np.ndarray, d: np.ndarray, y: np.ndarray, init: dict | None = 
   s = alpha + beta
   params["a"] = beta / s if s > 0 else float("nan")
   params["b"] = alpha / s if s > 0 else float("nan")
-  params["G"] = (alpha * params["A"] / (beta * params["B"])) ** (1 / s) if alpha > 0 and beta > 0 \
-      else float("nan")
+  log_g = (math.log(alpha * params["A"]) - math.log(beta * params["B"])) / s \
+      if alpha > 0 and beta > 0 else float("nan")
+  params["G"] = math.exp(log_g) if log_g < 700 else float("inf")
   return params, np.exp(model(best.x))
 
 
@@ -243,10 +244,11 @@ def fit_all(n: np.ndarray, d: np.ndarray, c: np.ndarray, loss: np.ndarray, *,
   n, d, c, loss = (np.asarray(v, dtype=float) for v in (n, d, c, loss))
   out: dict = {"published": PUBLISHED}
 
-  # L(N): each model size's best run (its longest), Kaplan's "loss vs parameters".
-  best = np.asarray([np.flatnonzero(n == s)[np.argmin(loss[n == s])] for s in np.unique(n)],
-                    dtype=int)
-  out["L_N"] = {"runs": best.tolist(), **_curves(n[best], loss[best], n_boot, seed)}
+  # L(N) at one token budget: the largest that at least 3 sizes reached (all sizes, once the
+  # sweep is complete). Mixing budgets would bend the curve where a sweep was interrupted.
+  budgets = [b for b in np.unique(d)[::-1] if len(np.unique(n[d == b])) >= MIN_POINTS["power"]]
+  at = np.flatnonzero(d == (budgets[0] if budgets else d.max()))
+  out["L_N"] = {"runs": at.tolist(), "D": float(d[at[0]]), **_curves(n[at], loss[at], n_boot, seed)}
 
   # L(C) on the compute-efficient frontier of final losses, and N_opt(C) along it.
   fr = frontier(c, loss)
