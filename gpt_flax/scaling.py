@@ -449,6 +449,7 @@ def _draw_learning_curves(ax, records, curves, cmap_n) -> None:
     ax.plot(cv["eval_steps"] * tok, cv["eval_loss"], "o", color=cmap_n(r["N"]), ms=3)
   ax.set(xscale="log", xlabel="training tokens", ylabel="loss (lines: train, dots: validation)",
          title="Learning curves of all runs")
+  _plain_y(ax)
 
 
 def plot_all(records: list[dict], curves: dict, fit: dict, outdir: str) -> list[str]:
