@@ -8,14 +8,14 @@ that never occurs; HF: eos_token_id=None, so no stopping criterion fires). Timed
 generate call (prefill + 128 decode steps + host transfer), after a warm-up call (compilation).
 
 Configurations, interleaved trial by trial (order rotating) so machine noise hits them alike:
-  ours fp32 / HF fp32           everything fp32
-  ours bf16                     model.dtype=bfloat16: weights cast to bf16 once per call, bf16
-                                matmul inputs, fp32 accumulation, bf16 KV cache
+  ours fp32 / HF fp32           everything fp32 (the default)
+  ours bf16 (--precisions=fp32,bf16)   model.dtype=bfloat16: weights cast to bf16 once per call,
+                                bf16 matmul inputs, fp32 accumulation, bf16 KV cache
   HF bf16                       the model converted with .to(torch.bfloat16)
 
-Reported: median new tokens/s (batch x 128 / seconds) and ours/HF per precision, plus how many
-greedy tokens the two fp32 sides agree on (same weights: a check that both decode the same
-model; random weights give near-tied logits, so a late divergence is float noise).
+Reported: median new tokens/s (batch x 128 / seconds), ours/HF per precision, the process CPU
+seconds per call (on a shared machine, wall time also counts waiting for the cores), and how
+many greedy tokens the two fp32 sides agree on (same weights: both must decode the same model).
 
   PYTHONPATH=. python benchmarks/gpt_generate.py               # ~3 minutes on 2 idle cores
   PYTHONPATH=. python benchmarks/gpt_generate.py --trials 3 --precisions fp32
@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--prompt_len", type=int, default=64)
   p.add_argument("--new_tokens", type=int, default=128)
   p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
-  p.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
+  p.add_argument("--precisions", default="fp32", help="comma list of fp32, bf16")
   p.add_argument("--only", choices=("ours", "hf"), default=None, help="run one side only")
   p.add_argument("--hf_attn", default="sdpa", help="HF attn_implementation (sdpa or eager)")
   p.add_argument("--seed", type=int, default=0)
@@ -105,10 +105,11 @@ class HF:
     hf_cfg = GPT2Config(vocab_size=m.vocab_size, n_positions=m.max_len, n_embd=m.d_model,
                         n_layer=m.num_layers, n_head=m.num_heads, n_inner=m.d_ff,
                         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
-                        attn_pdrop=0.0, layer_norm_epsilon=m.norm_eps, tie_word_embeddings=True)
+                        attn_pdrop=0.0, layer_norm_epsilon=m.norm_eps, tie_word_embeddings=True,
+                        bos_token_id=None, eos_token_id=None, pad_token_id=0)
     self.model = GPT2LMHeadModel._from_config(hf_cfg, attn_implementation=attn).eval()
     missing, unexpected = self.model.load_state_dict(
-        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=False)
+        {k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=False)
     if unexpected or any(not k.endswith("attn.bias") and k != "lm_head.weight" for k in missing):
       raise SystemExit(f"error: HF weights mismatch: missing {missing}, unexpected {unexpected}")
     self.model.tie_weights()
@@ -129,6 +130,11 @@ class HF:
     if out.shape[1] != self.new_tokens:
       raise SystemExit(f"error: HF generated {out.shape[1]} tokens, not {self.new_tokens}")
     return out
+
+
+def cpu_seconds() -> float:
+  t = os.times()
+  return t.user + t.system
 
 
 def main(argv=None) -> None:
@@ -180,29 +186,33 @@ def main(argv=None) -> None:
           f"identical; tokens before the first difference per row: {first}")
 
   times = {id(r): [] for r in runners}
+  cpu = {id(r): [] for r in runners}
   for trial in range(args.trials):
     order = runners[trial % len(runners):] + runners[:trial % len(runners)]
     line = []
     for r in order:
-      t0 = time.perf_counter()
+      c0, t0 = cpu_seconds(), time.perf_counter()
       r.run()
       dt = time.perf_counter() - t0
       times[id(r)].append(dt)
-      line.append(f"{r.name} {r.precision} {new / dt:,.0f} tok/s")
+      cpu[id(r)].append(cpu_seconds() - c0)
+      line.append(f"{r.name} {r.precision} {new / dt:,.0f} tok/s ({cpu[id(r)][-1]:.1f} CPU-s)")
     print(f"# trial {trial + 1}: " + "; ".join(line), flush=True)
 
   tps = {id(r): [new / t for t in times[id(r)]] for r in runners}
   hf_by_prec = {r.precision: statistics.median(tps[id(r)]) for r in runners if isinstance(r, HF)}
   print()
-  print("| impl | precision | new tokens/s (median) | min-max | ms per decode step | ours/HF |")
-  print("|---|---|---:|---:|---:|---:|")
+  print("| impl | precision | new tokens/s (median) | min-max | ms per token step | CPU-s per "
+        "call | ours/HF |")
+  print("|---|---|---:|---:|---:|---:|---:|")
   for r in runners:
     med = statistics.median(tps[id(r)])
     ref = hf_by_prec.get(r.precision)
     ratio = "1.00x" if isinstance(r, HF) else (f"{med / ref:.2f}x" if ref else "-")
     label = "HF GPT2LMHeadModel.generate (torch)" if isinstance(r, HF) else "ours (gpt_flax)"
     print(f"| {label} | {r.precision} | {med:,.0f} | {min(tps[id(r)]):,.0f}-"
-          f"{max(tps[id(r)]):,.0f} | {1000 * args.batch / med:.1f} | {ratio} |")
+          f"{max(tps[id(r)]):,.0f} | {1000 * args.batch / med:.1f} | "
+          f"{statistics.median(cpu[id(r)]):.1f} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import json
 import math
 import os
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,7 @@ from jax.sharding import Mesh
 
 from common import checkpoint, decoding, entry, sharding, trainer
 from common import config as config_lib
+from common.attention import DecoderCache, KVCache
 from common.vocab import Vocabulary, load_vocab
 from gpt_flax.model import GPTModel
 from gpt_flax.network import GPT
@@ -69,22 +70,69 @@ def sampling_logits(logits_BxV: jax.Array, keys_B: jax.Array, positions_B: jax.A
   return logits + jax.vmap(gumbel)(keys_B, positions_B)
 
 
+class LayerCaches(NamedTuple):
+  """Decoding state of `Decoder`: one KV cache per layer, slot segment ids, next slot."""
+  kv: tuple[KVCache, ...]
+  segment_ids: jax.Array
+  index: jax.Array
+
+
+class Decoder:
+  """GPT's cached forward pass (`GPT.__call__` with a cache) with the layer stack unrolled.
+
+  Through the scanned stack, XLA copies every layer's weights and whole KV cache out of the
+  stacked arrays at every decoded token (and the cache back in). Here each layer's weights are
+  sliced once, before the decode loop, and each layer owns a cache buffer that a step updates
+  in place. Returns the logits of the last position only (all decoding reads), so a prefill
+  skips the vocabulary projection of the other prompt positions.
+  """
+
+  def __init__(self, net: GPT):
+    self.net = net
+    stack = net.layers
+    if stack.scan:
+      graphdef, state = nnx.split(stack.layers)
+      self.layers = [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
+                     for i in range(stack.num_layers)]
+    else:
+      self.layers = list(stack.layers)
+
+  def init_cache(self, batch: int, max_len: int) -> LayerCaches:
+    c = self.net.cfg
+    kv = tuple(KVCache.zeros(batch, max_len, c.num_heads, c.head_dim, jnp.dtype(c.dtype))
+               for _ in self.layers)
+    return LayerCaches(kv, jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((), jnp.int32))
+
+  def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
+               segment_ids_BxT: jax.Array, cache: LayerCaches) -> tuple[jax.Array, LayerCaches]:
+    """fp32 logits [B, 1, V] of the last position, and the cache with the T tokens added."""
+    net = self.net
+    x = net.embed(tokens_BxT) + net.pos_embed(positions_BxT)
+    x = sharding.constrain(x, ("batch", "length", "act_embed"))
+    slots, mask = DecoderCache(None, cache.segment_ids, cache.index).step_mask(segment_ids_BxT)
+    kvs = []
+    for layer, kv in zip(self.layers, cache.kv):
+      kv = KVCache(*(sharding.constrain(c, ("batch", "kv_length", "act_heads", "kv")) for c in kv))
+      x, kv = layer(x, mask=mask, cache=kv, cache_index=cache.index)
+      kvs.append(kv)
+    logits = net.embed.attend(net.final_norm(x[:, -1:]))
+    logits = sharding.constrain(logits, ("batch", "length", "act_vocab"))
+    return logits, LayerCaches(tuple(kvs), slots.segment_ids,
+                               cache.index + tokens_BxT.shape[1])
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id", "temperature",
                                              "top_k", "top_p", "vocab_size"))
 def _generate_jit(graphdef, params, prompt_BxP, mask_BxP, seed, row_ids_B, *,
                   max_new_tokens: int, eos_id: int, temperature: float, top_k: int, top_p: float,
                   vocab_size: int | None):
   dtype = nnx.merge(graphdef, params).cfg.dtype
-  net: GPT = nnx.merge(graphdef, inference_params(params, dtype))
-  cache = net.init_cache(prompt_BxP.shape[0], prompt_BxP.shape[1] + max_new_tokens)
+  decoder = Decoder(nnx.merge(graphdef, inference_params(params, dtype)))
+  cache = decoder.init_cache(prompt_BxP.shape[0], prompt_BxP.shape[1] + max_new_tokens)
   keys_B = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(row_ids_B)
 
   def step_fn(tokens, positions, segment_ids, cache):
-    kv = jax.tree.map(lambda c: sharding.constrain(
-        c, ("layers", "batch", "kv_length", "act_heads", "kv")), cache.kv)
-    logits, cache = net(tokens, positions_BxL=positions, segment_ids_BxL=segment_ids,
-                        cache=cache._replace(kv=kv))
-    logits = logits[:, -1:]  # the decoder reads only the last position
+    logits, cache = decoder(tokens, positions, segment_ids, cache)
     if temperature > 0.0:  # the token at position p + 1 is drawn with key (row, p + 1)
       logits = sampling_logits(logits[:, 0], keys_B, positions[:, -1] + 1,
                                temperature=temperature, top_k=top_k, top_p=top_p,
