@@ -14,12 +14,13 @@ import jax
 from absl import logging
 
 # Peak dense FLOP/s per device, used for the MFU estimate. CPU figures are XLA matmul rates
-# measured on the 2-core development machines: with avx512_bf16 (ENGINEERING_NOTES.md) and on
-# the same Zen 4 cores when the hypervisor hides AVX-512 (benchmarks/gpt_train.py notes); a
-# device kind not listed uses `train.peak_flops_per_device` from the config.
+# (2048x2048 jnp.dot, both cores) measured on idle 2-core development machines: with avx512_bf16
+# (ENGINEERING_NOTES.md) and on the same Zen 4 cores when the hypervisor hides AVX-512 (fp32
+# 154-162 GFLOP/s, bf16 94-96, measured 2026-11-29); a device kind not listed uses
+# `train.peak_flops_per_device` from the config.
 PEAK_FLOPS = {
     "cpu": {"float32": 180e9, "bfloat16": 330e9},
-    "cpu-avx2": {"float32": 72e9, "bfloat16": 46e9},
+    "cpu-avx2": {"float32": 160e9, "bfloat16": 95e9},
     "TPU v4": {"float32": 275e12, "bfloat16": 275e12},
     "TPU v5 lite": {"float32": 197e12, "bfloat16": 197e12},
     "TPU v5p": {"float32": 459e12, "bfloat16": 459e12},
