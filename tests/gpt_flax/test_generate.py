@@ -1,6 +1,7 @@
 """GPT generation from a work dir: the CLI, sharded = single device, batch-invariant seeded
-sampling, filters through the decoding path, and bad input. (Cache = full forward and greedy
-ragged batches are in test_network.py; the filters alone in tests/common/test_decoding.py.)"""
+sampling, filters through the decoding path, the unrolled `Decoder` = full forward, and bad
+input. (`GPT.__call__` with a cache = full forward and greedy ragged batches are in
+test_network.py; the filters alone in tests/common/test_decoding.py.)"""
 
 import functools
 import json
@@ -15,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from common import config as config_lib
-from common import sharding, trainer
+from common import decoding, sharding, trainer
 from common.tokenizer import train_sentencepiece
 from common.vocab import load_vocab
 from configs.gpt import get_config
@@ -132,6 +134,41 @@ def test_bf16_params_cast_once_give_the_same_logits():
             segment_ids_BxL=jnp.ones((2, 10), jnp.int32))
   logits = jax.jit(lambda p: setup.merge(p)(tokens, **kw)[0])
   np.testing.assert_array_equal(logits(params), logits(gen.inference_params(params, "bfloat16")))
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_unrolled_decoder_equals_the_full_forward_pass(scan_layers):
+  """`Decoder` (what `_generate_jit` runs) re-implements the cached forward pass; each logit it
+  returns, after a ragged left-padded prefill and then one token at a time, equals the full
+  forward pass over that row's unpadded tokens at that position."""
+  cfg = get_config("tiny")
+  cfg.model.scan_layers = scan_layers
+  with nnx.use_eager_sharding(False):
+    net = GPTModel(cfg).make_network(nnx.Rngs(0))
+  rows = [list(map(int, jax.random.randint(jax.random.key(i), (n,), 4, 512)))
+          for i, n in enumerate((12, 9))]  # row 1's prompt is 3 tokens shorter: left-padded
+  prompt_len, steps = 5, 4
+  prompts = [rows[0][:prompt_len], rows[1][:prompt_len - 3]]
+  full = []
+  for row in rows:
+    t = jnp.asarray([row])
+    full.append(np.asarray(net(t, positions_BxL=jnp.arange(len(row))[None],
+                               segment_ids_BxL=jnp.ones_like(t))[0][0]))
+  decoder = gen.Decoder(net)
+  cache = decoder.init_cache(2, prompt_len + steps)
+  tokens, mask = (jnp.asarray(a) for a in decoding.left_pad(prompts, length=prompt_len))
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  logits, cache = decoder(tokens, positions, mask, cache)
+  assert logits.shape == (2, 1, cfg.model.vocab_size)
+  for i, p in enumerate(prompts):
+    np.testing.assert_allclose(logits[i, 0], full[i][len(p) - 1], rtol=1e-5, atol=1e-5)
+  for step in range(steps):  # feed each row's own next token
+    tok = jnp.asarray([[rows[i][len(p) + step]] for i, p in enumerate(prompts)], jnp.int32)
+    pos = jnp.asarray([[len(p) + step] for p in prompts], jnp.int32)
+    logits, cache = decoder(tok, pos, jnp.ones_like(tok), cache)
+    for i, p in enumerate(prompts):
+      np.testing.assert_allclose(logits[i, 0], full[i][len(p) + step], rtol=1e-5, atol=1e-5)
+  assert int(cache.index) == prompt_len + steps
 
 
 def test_bad_input(workdir, tmp_path):
