@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
 from common import sharding
-from common.checkpoint import Checkpointer, load_params
+from common.checkpoint import Checkpointer, load_params, resolve_checkpoint
 from common.metrics import MetricsWriter, peak_flops
 from common.optim import make_optimizer, make_schedule
 
@@ -258,6 +258,18 @@ class TrainResult:
   start_step: int
 
 
+def check_finetune_steps(init_params_from: str, num_steps: int) -> None:
+  """Fine-tuning continues the checkpoint's step count, so a `num_steps` at or below it would
+  train nothing (and silently report the pretrained model); refuse it before any work."""
+  _, step = resolve_checkpoint(init_params_from)
+  if step >= num_steps:
+    raise ValueError(
+        f"the checkpoint to fine-tune from ({init_params_from}) is at step {step} and "
+        f"train.num_steps={num_steps}: fine-tuning continues the step count from {step}, so it "
+        f"would train {max(num_steps - step, 0)} steps. Set --config.train.num_steps to "
+        f"{step} + the fine-tuning steps (e.g. {step + 1000} for 1000 steps).")
+
+
 def train(model: Model, cfg: ConfigDict, workdir: str, *,
           make_train_iter: Callable[[], Any],
           make_eval_iter: Callable[[], Iterator[dict]] | None,
@@ -272,7 +284,8 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
   batches; its state is checkpointed with the model so a resumed run continues on exactly
   the data it would have seen. `init_params_from` loads params only (fine-tuning) when the
   work dir has no checkpoint yet; the step then continues from the loaded checkpoint's, or
-  with `continue_step=False` starts at 0 (a fine-tuning schedule and epochs of its own).
+  with `continue_step=False` starts at 0 (a fine-tuning schedule and epochs of its own);
+  continuing from a checkpoint at or past `num_steps` is an error, not a run of 0 steps.
   `on_start` runs once the work dir is known to belong to this model (e.g. to record config).
   `extra_eval(step, state, setup)` adds task metrics (accuracy/F1, ROUGE, ...) at each eval.
   """
@@ -284,10 +297,12 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
                       async_save=t.async_checkpoint)
   identity = model.identity()
   ckpt.check_identity(identity)
+  latest = ckpt.latest_step()
+  if latest is None and init_params_from and continue_step:
+    check_finetune_steps(init_params_from, t.num_steps)
   if on_start is not None:
     on_start()
   train_iter = make_train_iter()
-  latest = ckpt.latest_step()
   if latest is not None:
     state = ckpt.restore(latest, setup.abstract_state, setup.state_shardings, train_iter)
   else:

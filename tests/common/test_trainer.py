@@ -104,3 +104,22 @@ def test_init_params_from_continues_the_step_count(tmp_path):
   fresh = _train(fine, tmp_path / "fresh")
   assert result.history[0]["loss"] < fresh.history[0]["loss"]
   del pre
+
+
+@pytest.mark.parametrize("num_steps", [2, 3])
+def test_init_params_from_a_checkpoint_at_or_past_num_steps_is_an_error(tmp_path, num_steps):
+  cfg = get_config("tiny")
+  cfg.train.num_steps = 3
+  _train(cfg, tmp_path / "pre")
+  fine = get_config("tiny")
+  fine.train.num_steps = num_steps  # would continue at step 3 and train 0 steps
+  started = []
+  with pytest.raises(ValueError, match=r"at step 3 and train\.num_steps=%d.*--config\.train\."
+                     r"num_steps to 3 \+ the fine-tuning steps" % num_steps):
+    _train(fine, tmp_path / "fine", init_params_from=str(tmp_path / "pre"),
+           on_start=lambda: started.append(1))
+  assert not started and not (tmp_path / "fine" / "metrics.jsonl").exists()  # refused up front
+  # Starting the count at 0 (BERT's fine-tuning) has no such limit.
+  result = _train(fine, tmp_path / "zero", init_params_from=str(tmp_path / "pre"),
+                  continue_step=False)
+  assert result.start_step == 0 and result.history[-1]["step"] == num_steps
