@@ -28,7 +28,7 @@ from common import entry, trainer
 from common.checkpoint import resolve_checkpoint
 from common.data import classification as cls_data
 from common.data.sources import open_source
-from common.vocab import SentencePieceVocab, load_vocab
+from common.vocab import Vocabulary, load_vocab
 
 # Architecture fields a fine-tuning config must share with the pretrained checkpoint.
 _ARCH = ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len", "type_vocab_size",
@@ -93,7 +93,7 @@ def _pretrained_run_dir(init_from: str) -> str:
   return os.path.dirname(root) if os.path.basename(root) == "checkpoints" else root
 
 
-def finetune_vocab(cfg: ConfigDict, run_dir: str | None) -> SentencePieceVocab:
+def finetune_vocab(cfg: ConfigDict, run_dir: str | None) -> Vocabulary:
   """The tokenizer the encoder was pretrained with (saved in its work dir). A different
   `data.tokenizer` would feed the embeddings ids they never learnt: an error."""
   saved = os.path.join(run_dir, "vocab") if run_dir else None
@@ -102,9 +102,10 @@ def finetune_vocab(cfg: ConfigDict, run_dir: str | None) -> SentencePieceVocab:
   pretrained = load_vocab(saved)
   if cfg.data.tokenizer:
     vocab = entry.load_checked_vocab(cfg)
-    if _sha256(vocab.model_path) != _sha256(pretrained.model_path):
+    # `path`, not `model_path`: a HF tokenizer.json (an imported BERT) has no .model file.
+    if _sha256(vocab.path) != _sha256(pretrained.path):
       raise ValueError(f"tokenizer {cfg.data.tokenizer} ({vocab.vocab_size} ids) is not the "
-                       f"tokenizer the checkpoint was trained with ({pretrained.model_path}, "
+                       f"tokenizer the checkpoint was trained with ({pretrained.path}, "
                        f"{pretrained.vocab_size} ids); leave data.tokenizer empty to use it")
   if pretrained.vocab_size > cfg.model.vocab_size:
     raise ValueError(f"the checkpoint's tokenizer has {pretrained.vocab_size} ids but "

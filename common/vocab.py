@@ -31,6 +31,7 @@ class Vocabulary(Protocol):
     eos_id: int
     unk_id: int
     bos_id: int
+    path: str  # the tokenizer file it was loaded from (.model or tokenizer.json)
 
     @property
     def cls_id(self) -> int: ...
@@ -87,6 +88,11 @@ class SentencePieceVocab:
                              f"library needs {expected} (train it with common.tokenizer)")
         self.vocab_size = self._sp_size + extra_ids
         self.pad_id, self.eos_id, self.unk_id, self.bos_id = PAD_ID, EOS_ID, UNK_ID, BOS_ID
+
+    @property
+    def path(self) -> str:
+        """`model_path` under the name every backend has (`TokenizersVocab.path`)."""
+        return self.model_path
 
     def _control_id(self, piece: str) -> int:
         i = self._sp.piece_to_id(piece)

@@ -119,6 +119,40 @@ def test_bad_inputs_are_clear_errors(data, pretrained, tmp_path):
     train.run(cfg, str(tmp_path / "wd"))
 
 
+def _wordpiece(path, words):
+  from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+  tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tok.train_from_iterator(
+      [" ".join(words[i:] + words[:i]) for i in range(len(words))],
+      trainers.WordPieceTrainer(vocab_size=80, show_progress=False,
+                                special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+  tok.save(str(path))
+  return str(path)
+
+
+def test_finetune_vocab_checks_a_hf_tokenizer_json_like_a_sentencepiece_model(data, tmp_path):
+  """An imported BERT's work dir holds a tokenizer.json (`TokenizersVocab`, which has `path`,
+  no `model_path`); naming a tokenizer still compares files instead of failing on the attribute."""
+  from common.hf_vocab import TokenizersVocab
+  from common.vocab import load_vocab
+  os.makedirs(tmp_path / "src")
+  saved = TokenizersVocab(_wordpiece(tmp_path / "src" / "tokenizer.json",
+                                     ["alpha", "beta", "gamma"])).save_to(
+                                         str(tmp_path / "run" / "vocab"))
+  cfg = get_config("tiny")
+  cfg.data.tokenizer = saved
+  vocab = train.finetune_vocab(cfg, str(tmp_path / "run"))
+  assert isinstance(vocab, TokenizersVocab) and vocab.path == saved
+  cfg.data.tokenizer = _wordpiece(tmp_path / "other.json", ["delta", "epsilon"])
+  with pytest.raises(ValueError, match=r"is not the tokenizer the checkpoint was trained with "
+                     r"\(.*run/vocab/tokenizer.json"):
+    train.finetune_vocab(cfg, str(tmp_path / "run"))
+  assert load_vocab(str(tmp_path / "run" / "vocab")).path == saved
+  _, sp = data
+  assert load_vocab(sp).path == load_vocab(sp).model_path == sp  # the same name on both backends
+
+
 def test_cli_bad_input(data, tmp_path):
   root, _ = data
   done = subprocess.run(
