@@ -7,8 +7,10 @@
        --config.data.input_field=F --config.data.target_field=F --config.data.prefix='summarize: '
        --config.data.max_input_len=N --config.data.max_target_len=N]
 
-Fine-tuning loads the pretrained params and continues its step count (as T5X does); ROUGE on
-the first `rouge.num_examples` validation examples is computed at every evaluation.
+Fine-tuning loads the pretrained params and continues its step count (as T5X does), so
+`train.num_steps` counts the pretraining steps too; its optimizer defaults to T5's fine-tuning
+recipe (constant lr 1e-3, no warmup: `finetune_schedule`, see configs/t5.py) unless a flag sets
+it. ROUGE on the first `rouge.num_examples` validation examples is computed at every evaluation.
 """
 
 from __future__ import annotations
@@ -49,6 +51,23 @@ def check_init_checkpoint(cfg) -> str:
   return scaling
 
 
+def resolve_schedule(cfg):
+  """Fine-tuning (task != pretrain): each optimizer.{schedule,learning_rate,warmup_steps}
+  still at the preset's pretraining value (`pretrain_schedule`) takes `finetune_schedule`'s, so
+  a fine-tuning run does not inherit a 10k-step warmup; a value set by flag wins. In place
+  (the work dir's config.json records what ran); returns `cfg`."""
+  if cfg.task == "pretrain" or "finetune_schedule" not in cfg:
+    return cfg
+  pre, fine = cfg.get("pretrain_schedule") or {}, cfg.finetune_schedule
+  for key in fine:
+    if key in pre and cfg.optimizer[key] == pre[key]:
+      cfg.optimizer[key] = fine[key]
+  o = cfg.optimizer
+  print(f"fine-tuning schedule: {o.schedule}, learning rate {o.learning_rate:g}, warmup "
+        f"{o.warmup_steps} steps", flush=True)
+  return cfg
+
+
 def rouge_eval(cfg, vocab):
   """trainer extra_eval hook: decode validation inputs and score them against the targets."""
   r = cfg.rouge
@@ -70,6 +89,7 @@ def rouge_eval(cfg, vocab):
 def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
   """Pretrain or fine-tune and evaluate; returns the trainer's result."""
   tasks.check_task(cfg)
+  resolve_schedule(cfg)
   if prepare:
     entry.prepare_data(cfg)
   d = cfg.data

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from common.checkpoint import Checkpointer
+from common.config import apply_overrides
 from common.tokenizer import train_sentencepiece
 from configs.t5 import get_config
 from t5x_lite import infer, train
@@ -77,12 +78,15 @@ def test_finetune_via_flags_then_infer(corpus, pretrained, tmp_path):
        "--config.data.max_input_len=48", "--config.data.max_target_len=12",
        "--config.data.truncate_targets=True",
        "--config.train.num_steps=8", "--config.train.eval_every=8",
-       "--config.train.checkpoint_every=8"],
+       "--config.train.checkpoint_every=8", "--config.optimizer.learning_rate=0.002"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
   assert done.returncode == 0, done.stderr[-3000:]
   assert "ROUGE on 8 validation examples" in done.stdout
   steps = [json.loads(l)["step"] for l in open(wd / "metrics.jsonl") if "train/loss" in l]
   assert steps == [8]  # continued from the pretrained step 6 (logged every 2 steps)
+  # T5's fine-tuning schedule, but the learning rate given by flag.
+  opt = json.load(open(wd / "config.json"))["optimizer"]
+  assert (opt["schedule"], opt["learning_rate"], opt["warmup_steps"]) == ("constant", 0.002, 0)
   cfg, vocab, graphdef, params, mesh = infer.load_run(str(wd))
   assert cfg.data.prefix == "title: "
   texts, ids, targets = infer.read_inputs(cfg, vocab, "split:validation", 5)
@@ -97,6 +101,23 @@ def test_finetune_via_flags_then_infer(corpus, pretrained, tmp_path):
   for outs in (beam, greedy, sampled):
     assert len(outs) == 5 and all(len(o) <= 8 for o in outs)
     assert all(t < vocab.vocab_size for o in outs for t in o)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "demo", "base"])
+def test_finetuning_defaults_to_t5s_schedule_unless_set(preset):
+  schedule = lambda c: (c.optimizer.schedule, c.optimizer.learning_rate, c.optimizer.warmup_steps)
+  resolved = lambda **o: schedule(train.resolve_schedule(apply_overrides(get_config(preset), o)))
+  pretrain = schedule(get_config(preset))
+  assert pretrain[0] == "rsqrt" and resolved() == pretrain
+  assert resolved(task="summarize") == ("constant", 1e-3, 0)
+  # Values set by flag win, field by field; the others still take the fine-tuning recipe.
+  assert resolved(**{"task": "summarize", "optimizer.learning_rate": 5e-4}) == (
+      "constant", 5e-4, 0)
+  assert resolved(**{"task": "summarize", "optimizer.schedule": "linear",
+                     "optimizer.warmup_steps": 7}) == ("linear", 1e-3, 7)
+  # A fine-tuning value equal to the pretraining one is set in finetune_schedule.
+  assert resolved(**{"task": "summarize", "finetune_schedule.schedule": "rsqrt"}) == (
+      "rsqrt", 1e-3, 0)
 
 
 def test_missing_field_names(corpus, tmp_path):
