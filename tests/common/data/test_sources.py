@@ -5,6 +5,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from common.data import sources
+from common.data.seq2seq import field_text
+from configs.t5 import get_config
+from t5x_lite import tasks
 
 
 def _write_jsonl(path, rows):
@@ -77,6 +80,16 @@ def test_tfds_catalog_through_mock_data(tmp_path):
         cnn = sources.open_source("tfds:cnn_dailymail", "validation", str(tmp_path))
         assert {"article", "highlights"} <= set(cnn[0])
         assert all(isinstance(cnn[0][k], str) for k in ("article", "highlights"))
+        xsum = sources.open_source("tfds:xsum", "validation", str(tmp_path))
+        assert len(xsum) == 6 and {"document", "summary"} <= set(xsum[0])
+        # T5 fine-tuning finds both summarisation datasets' fields without flags.
+        d = get_config("tiny").data
+        for spec, ds, want in (("tfds:xsum", xsum, ("document", "summary")),
+                               ("tfds:cnn_dailymail", cnn, ("article", "highlights"))):
+            d.update(dataset=spec, input_field="", target_field="")
+            assert tasks.fields(d) == want
+            tasks.check_fields(ds[0], d)
+            assert all(isinstance(field_text(ds[0], f, "input"), str) for f in want)
 
 
 def test_tfds_errors(tmp_path):
