@@ -1,5 +1,6 @@
 """End to end on tiny configs: pretrain (span corruption) -> checkpoint -> fine-tune via
-command-line flags -> inference, and the bad-input errors."""
+command-line flags -> inference (library and the infer/rouge CLIs), the fine-tuning schedule
+defaults, and the bad-input errors."""
 
 import json
 import os
@@ -101,6 +102,26 @@ def test_finetune_via_flags_then_infer(corpus, pretrained, tmp_path):
   for outs in (beam, greedy, sampled):
     assert len(outs) == 5 and all(len(o) <= 8 for o in outs)
     assert all(t < vocab.vocab_size for o in outs for t in o)
+  # The inference CLI (greedy, the shapes above) writes JSONL; the ROUGE CLI re-scores it.
+  out = tmp_path / "preds" / "out.jsonl"
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  done = subprocess.run(
+      [sys.executable, "-m", "t5x_lite.infer", f"--workdir={wd}", "--input=split:validation",
+       f"--output={out}", "--num_examples=5", "--beam_size=1", "--max_decode_len=8",
+       "--batch_size=8"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  rows = [json.loads(l) for l in open(out)]
+  assert [r["input"] for r in rows] == texts and [r["target"] for r in rows] == targets[:5]
+  assert all(set(r) == {"input", "prediction", "target"} and isinstance(r["prediction"], str)
+             for r in rows)
+  assert [r["prediction"] for r in rows] == [vocab.decode(o) for o in greedy]
+  printed = json.loads(done.stdout.strip().splitlines()[-1])
+  assert set(printed) == {"rouge1", "rouge2", "rougeLsum"}
+  assert all(0 <= v <= 100 for v in printed.values())
+  done = subprocess.run([sys.executable, "-m", "t5x_lite.rouge", f"--predictions={out}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert json.loads(done.stdout.strip().splitlines()[-1]) == printed
 
 
 @pytest.mark.parametrize("preset", ["tiny", "demo", "base"])
