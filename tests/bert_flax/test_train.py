@@ -7,10 +7,13 @@ import random
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from bert_flax import train
+from common import trainer
+from common.checkpoint import load_params
 from common.tokenizer import train_sentencepiece
 from configs.bert import get_config
 
@@ -71,16 +74,31 @@ def test_pretrain_then_finetune(data, pretrained, tmp_path, capsys):
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
   assert os.path.exists(workdir / "vocab" / "sp.model")
   assert 0.1 < pre.history[-1]["predicted"] < 0.2  # ~15 % of the real tokens are predicted
-  ft = train.run(_finetune_cfg(data, workdir), str(tmp_path))
+  ft_cfg = _finetune_cfg(data, workdir)
+  ft_cfg.seed = 1  # another fresh init than the pretraining's (checked below)
+  ft = train.run(ft_cfg, str(tmp_path))
   out = capsys.readouterr().out
   # The encoder comes from the checkpoint; the pooler (no NSP) and classifier are new.
   assert "new parameters: classifier/bias, classifier/kernel, pooler/bias, pooler/kernel" in out
   assert "epoch 1 | validation (validation): loss" in out and "test (test): loss" in out
   assert ft.start_step == 0 and [h["step"] for h in ft.history] == list(range(1, 17))
   assert ft.state["params"]["classifier"]["kernel"].shape == (64, 2)
-  np.testing.assert_array_equal(  # loaded, then fine-tuned from there (not re-initialised)
-      ft.setup.abstract_state["params"]["embeddings"]["tokens"]["embedding"].shape,
-      pre.state["params"]["embeddings"]["tokens"]["embedding"].shape)
+  # It started from the pretrained encoder, then trained: each of its randomly initialised
+  # matrices is a few steps from the pretrained one and far from this run's own fresh init
+  # (seed 1, not the pretraining's 0, so re-initialising could not pass for loading).
+  abstract, shard = ft.setup.abstract_state["params"], ft.setup.state_shardings["params"]
+  tuned, tuned_step, *_ = load_params(str(tmp_path), abstract, shard)
+  loaded, pre_step, _, missing = load_params(str(workdir), abstract, shard, strict=False)
+  assert (tuned_step, pre_step) == (16, 6) and missing == [
+      "classifier/bias", "classifier/kernel", "pooler/bias", "pooler/kernel"]
+  flat = lambda t: {jax.tree_util.keystr(k): np.asarray(v)
+                    for k, v in jax.tree_util.tree_leaves_with_path(t) if v is not None}
+  tuned, loaded, fresh = flat(tuned), flat(loaded), flat(trainer.init_state(ft.setup)["params"])
+  matrices = [k for k in loaded if k.endswith(("['kernel']", "['embedding']"))]  # random init
+  assert any("tokens" in k for k in matrices) and any("encoder" in k for k in matrices)
+  for k in matrices:
+    moved, from_fresh = (np.linalg.norm(tuned[k] - x) for x in (loaded[k], fresh[k]))
+    assert 0 < moved < 0.25 * from_fresh, (k, moved, from_fresh)
   results = json.load(open(tmp_path / "results.json"))
   assert set(results["test"]) == {"loss", "accuracy", "f1"}
   assert results["majority_label"] in ("pos", "neg") and "test" in results["majority_baseline"]
