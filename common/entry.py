@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from common import config as config_lib
-from common.vocab import Vocabulary, load_vocab
+from common.vocab import SentencePieceVocab, Vocabulary, load_vocab
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
 _PREPARE = flags.DEFINE_bool(
@@ -58,7 +58,11 @@ def load_checked_vocab(cfg: ConfigDict, extra_ids: int = 0) -> Vocabulary:
   """The run's tokenizer; it must fit the model's embedding table."""
   vocab = load_vocab(config_lib.tokenizer_path(cfg.data))
   if extra_ids and vocab.extra_ids != extra_ids:
-    vocab = type(vocab)(vocab.model_path, extra_ids=extra_ids)
+    if not isinstance(vocab, SentencePieceVocab):  # a tokenizer.json's sentinels are its own
+      raise ValueError(f"tokenizer {vocab.path} has {vocab.extra_ids} sentinel ids but "
+                       f"data.extra_ids is {extra_ids}; set --config.data.extra_ids="
+                       f"{vocab.extra_ids}")
+    vocab = type(vocab)(vocab.path, extra_ids=extra_ids)
   if vocab.vocab_size > cfg.model.vocab_size:
     raise ValueError(f"tokenizer {config_lib.tokenizer_path(cfg.data)} has {vocab.vocab_size} ids but "
                      f"model.vocab_size is {cfg.model.vocab_size}; raise model.vocab_size")
