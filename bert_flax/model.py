@@ -110,6 +110,8 @@ class BertClassifierModel(_BertBase):
   target). `weights` counts examples, so the trainer's "tokens" are examples and
   `flops_per_token` is per example."""
 
+  unit = "ex"
+
   def __init__(self, cfg: ConfigDict, num_labels: int):
     if num_labels < 1:
       raise ValueError(f"num_labels={num_labels} must be >= 1 (1 = regression)")

@@ -34,7 +34,8 @@ from common.optim import make_optimizer, make_schedule
 
 
 class Model(Protocol):
-  """What the trainer needs from a model family."""
+  """What the trainer needs from a model family. An optional `unit` attribute names what
+  `weights` counts on the progress line (default "tok"; a classifier's are examples, "ex")."""
 
   def make_network(self, rngs: nnx.Rngs) -> nnx.Module: ...
 
@@ -323,6 +324,7 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
   eval_step = make_eval_step(setup)
   writer = MetricsWriter(workdir)
   flops_tok = model.flops_per_token()
+  unit = getattr(model, "unit", "tok")
   peak = peak_flops(cfg.model.get("dtype", "float32"), t.peak_flops_per_device)
   history: list[dict] = []
   pending: list[tuple[int, dict]] = []
@@ -366,7 +368,7 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
                             "train/learning_rate": last["learning_rate"],
                             "train/tokens_per_sec": tps, "train/mfu": mfu},
                      console=f"step {done:6d} | loss {last['loss']:.4f} | "
-                             f"lr {last['learning_rate']:.2e} | {tps:,.0f} tok/s | "
+                             f"lr {last['learning_rate']:.2e} | {tps:,.0f} {unit}/s | "
                              f"MFU {mfu:.1%} | ETA {eta / 60:.1f} min")
         t0, tokens_since, step_t0 = time.time(), 0.0, done
       if done % t.checkpoint_every == 0 or done == t.num_steps:

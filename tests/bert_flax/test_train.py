@@ -81,6 +81,7 @@ def test_pretrain_then_finetune(data, pretrained, tmp_path, capsys):
   # The encoder comes from the checkpoint; the pooler (no NSP) and classifier are new.
   assert "new parameters: classifier/bias, classifier/kernel, pooler/bias, pooler/kernel" in out
   assert "epoch 1 | validation (validation): loss" in out and "test (test): loss" in out
+  assert " ex/s | " in out and " tok/s | " not in out  # a classifier's weights count examples
   assert ft.start_step == 0 and [h["step"] for h in ft.history] == list(range(1, 17))
   assert ft.state["params"]["classifier"]["kernel"].shape == (64, 2)
   # It started from the pretrained encoder, then trained: each of its randomly initialised
