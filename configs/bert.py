@@ -2,7 +2,8 @@
 
 tiny   - unit tests (seconds on a CPU)
 demo   - the CPU demo: pretrains on the Debian corpus, 800 steps x 32 rows x 128 tokens
-         (~20 minutes on 2 idle cores), then fine-tunes with `task=classify`
+         (25 min measured on 2 cores shared with a light job; ~2,500 tok/s, ~22 min idle), then
+         fine-tunes with `task=classify`
 bench  - the benchmark shape (vocab 8192, 6 layers, d 512, 8 heads, d_ff 2048, seq 256, batch 8)
 base   - BERT-Base (12 layers, d 768, 12 heads, d_ff 3072)
 large  - BERT-Large (24 layers, d 1024, 16 heads, d_ff 4096)
