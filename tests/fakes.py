@@ -1,11 +1,48 @@
-"""Deterministic synthetic batches shaped like the LM pipeline's, for trainer tests."""
+"""Deterministic synthetic data for tests: batches shaped like the LM pipeline's, and small
+made-up JSONL corpora with a SentencePiece model trained on them (no real text in the repo)."""
 
 from __future__ import annotations
 
 import json
+import os
+import random
+from typing import Iterable
 
 import jax
 import numpy as np
+
+SYLLABLES = ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "gu", "fa", "zo", "bi", "xe")
+
+
+def made_up_words(rng: random.Random, n: int, max_syllables: int = 4) -> list[str]:
+  return ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, max_syllables)))
+          for _ in range(n)]
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+  with open(path, "w") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+
+
+def write_corpus(root: str | os.PathLike, splits: dict[str, list[dict]], text_field: str = "body",
+                 vocab_size: int = 400) -> str:
+  """ROOT/{split}.jsonl for each split, and a SentencePiece model (path returned) trained on
+  the train split's `text_field`."""
+  from common.tokenizer import train_sentencepiece  # pylint: disable=g-import-not-at-top
+  for split, rows in splits.items():
+    write_jsonl(os.path.join(root, f"{split}.jsonl"), rows)
+  return train_sentencepiece([r[text_field] for r in splits["train"]],
+                             os.path.join(root, "sp.model"), vocab_size=vocab_size)
+
+
+def word_corpus(root: str | os.PathLike, sizes: Iterable[tuple[str, int]]) -> str:
+  """Bodies of 5-40 made-up words per split (seed 0); returns the tokenizer's path."""
+  rng = random.Random(0)
+  words = made_up_words(rng, 300)
+  return write_corpus(root, {split: [{"body": " ".join(rng.choice(words)
+                                                        for _ in range(rng.randint(5, 40)))}
+                                     for _ in range(n)] for split, n in sizes})
 
 
 class SyntheticLM:

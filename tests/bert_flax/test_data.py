@@ -10,13 +10,12 @@ from bert_flax.data import pretrain_dataset
 from bert_flax.masking import masking_config, word_start_table
 from common.tokenizer import train_sentencepiece
 from common.vocab import SentencePieceVocab
-
-SYLLABLES = ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "gu", "fa", "zo", "bi", "xe")
+from tests import fakes
 
 
 def _docs(n: int, seed: int = 0, sentences: int = 4) -> list[dict[str, str]]:
   rng = random.Random(seed)
-  words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(200)]
+  words = fakes.made_up_words(rng, 200)
   sentence = lambda: " ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "."
   return [{"text": " ".join(sentence() for _ in range(rng.randint(1, sentences)))}
           for _ in range(n)]

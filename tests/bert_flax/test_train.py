@@ -16,9 +16,9 @@ from common import trainer
 from common.checkpoint import load_params
 from common.tokenizer import train_sentencepiece
 from configs.bert import get_config
+from tests import fakes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SYLLABLES = ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "gu", "fa", "zo", "bi", "xe")
 
 
 @pytest.fixture(scope="module")
@@ -26,21 +26,15 @@ def data(tmp_path_factory):
   """Generated corpus (JSONL), labelled sentences (JSONL) and a SentencePiece model."""
   root = tmp_path_factory.mktemp("bert")
   rng = random.Random(0)
-  words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(300)]
+  words = fakes.made_up_words(rng, 300)
   sentence = lambda: " ".join(rng.choice(words) for _ in range(rng.randint(3, 10))) + "."
-  for split, n in (("train", 300), ("validation", 40)):
-    with open(root / f"{split}.jsonl", "w") as f:
-      for _ in range(n):
-        f.write(json.dumps({"body": " ".join(sentence() for _ in range(rng.randint(1, 4)))})
-                + "\n")
+  corpus = {split: [{"body": " ".join(sentence() for _ in range(rng.randint(1, 4)))}
+                    for _ in range(n)] for split, n in (("train", 300), ("validation", 40))}
   for split, n in (("train", 64), ("validation", 20), ("test", 20)):
-    with open(root / f"cls_{split}.jsonl", "w") as f:
-      for _ in range(n):
-        s = sentence()
-        f.write(json.dumps({"sentence": s, "y": "pos" if "ka" in s else "neg"}) + "\n")
-  texts = [json.loads(line)["body"] for line in open(root / "train.jsonl")]
-  sp = train_sentencepiece(texts, str(root / "sp.model"), vocab_size=400)
-  return root, sp
+    fakes.write_jsonl(root / f"cls_{split}.jsonl",
+                      [{"sentence": s, "y": "pos" if "ka" in s else "neg"}
+                       for s in (sentence() for _ in range(n))])
+  return root, fakes.write_corpus(root, corpus)
 
 
 def _pretrain_cfg(data):

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 
 import jax
 import jax.numpy as jnp
@@ -16,13 +15,10 @@ from flax import nnx
 from jax.extend import core as jcore
 
 from common import trainer
-from common.tokenizer import train_sentencepiece
 from gpt_flax import scaling
 from gpt_flax import scaling_fit as sf
 from gpt_flax.model import GPTModel
-
-SYLLABLES = ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "gu", "fa", "zo", "bi", "xe")
-
+from tests import fakes
 
 # ---------------------------------------------------------------------------------------------
 # Fits on synthetic data drawn from known laws (1 % multiplicative noise unless stated).
@@ -159,15 +155,7 @@ def test_parse_sizes_errors_name_the_bad_item():
 def corpus(tmp_path_factory):
   """A generated JSONL corpus (train/validation) and a SentencePiece model trained on it."""
   root = tmp_path_factory.mktemp("corpus")
-  rng = random.Random(0)
-  words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(300)]
-  for split, n in (("train", 300), ("validation", 40)):
-    with open(root / f"{split}.jsonl", "w") as f:
-      for _ in range(n):
-        f.write(json.dumps({"body": " ".join(rng.choice(words) for _ in range(rng.randint(5, 40)))})
-                + "\n")
-  texts = [json.loads(l)["body"] for l in open(root / "train.jsonl")]
-  model = train_sentencepiece(texts, str(root / "sp.model"), vocab_size=400)
+  model = fakes.word_corpus(root, (("train", 300), ("validation", 40)))
   return {"dataset": f"jsonl:{root}/{{split}}.jsonl", "data_dir": str(root), "tokenizer": model,
           "text_field": "body"}
 

@@ -9,29 +9,18 @@ import sys
 import pytest
 
 from common import config as config_lib
-from common.tokenizer import train_sentencepiece
 from configs.gpt import get_config
 from gpt_flax import train
+from tests import fakes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SYLLABLES = ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "gu", "fa", "zo", "bi", "xe")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
   """A tiny generated JSONL corpus (train/validation) and a SentencePiece model trained on it."""
   root = tmp_path_factory.mktemp("corpus")
-  import random
-  rng = random.Random(0)
-  words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(300)]
-  for split, n in (("train", 400), ("validation", 60)):
-    with open(root / f"{split}.jsonl", "w") as f:
-      for _ in range(n):
-        f.write(json.dumps({"body": " ".join(rng.choice(words) for _ in range(rng.randint(5, 40)))})
-                + "\n")
-  texts = [json.loads(l)["body"] for l in open(root / "train.jsonl")]
-  model = train_sentencepiece(texts, str(root / "sp.model"), vocab_size=400)
-  return root, model
+  return root, fakes.word_corpus(root, (("train", 400), ("validation", 60)))
 
 
 def _cfg(corpus):

@@ -14,14 +14,13 @@ import pytest
 
 from common.checkpoint import Checkpointer
 from common.config import apply_overrides
-from common.tokenizer import train_sentencepiece
 from configs.t5 import get_config
 from t5x_lite import infer, train
 from t5x_lite.decode import predict_ids
+from tests import fakes
 from tests.fakes import SyntheticLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SYLLABLES = ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "gu", "fa", "zo", "bi", "xe")
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +28,12 @@ def corpus(tmp_path_factory):
   """JSONL splits of {"body", "title"} (title = the body's first words) and a tokenizer."""
   root = tmp_path_factory.mktemp("t5corpus")
   rng = random.Random(0)
-  words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(200)]
+  words = fakes.made_up_words(rng, 200, max_syllables=3)
+  splits = {}
   for split, n in (("train", 300), ("validation", 40)):
-    with open(root / f"{split}.jsonl", "w") as f:
-      for _ in range(n):
-        body = [rng.choice(words) for _ in range(rng.randint(6, 30))]
-        f.write(json.dumps({"body": " ".join(body), "title": " ".join(body[:3])}) + "\n")
-  texts = [json.loads(l)["body"] for l in open(root / "train.jsonl")]
-  return root, train_sentencepiece(texts, str(root / "sp.model"), vocab_size=400)
+    bodies = [[rng.choice(words) for _ in range(rng.randint(6, 30))] for _ in range(n)]
+    splits[split] = [{"body": " ".join(b), "title": " ".join(b[:3])} for b in bodies]
+  return root, fakes.write_corpus(root, splits)
 
 
 def _cfg(corpus, **data):
