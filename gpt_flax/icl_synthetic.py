@@ -51,8 +51,9 @@ def episode(rng: np.random.Generator, num_items: int) -> str:
 
 
 def task_items(seed: int) -> dict[str, list[dict]]:
-  """Every (noise, noise, key) item once under one fixed map, split 70/30 by a seeded shuffle."""
-  mapping = np.random.default_rng([seed, 1]).integers(0, len(LABELS), len(KEYS))
+  """Every (noise, noise, key) item once under one fixed map, split 70/30 by a seeded shuffle.
+  The map gives each label to half the keys, so the majority baseline stays at 50 %."""
+  mapping = np.random.default_rng([seed, 1]).permutation(np.arange(len(KEYS)) % len(LABELS))
   rows = [{"text": f"{a} {b} {k}", "label": int(mapping[i])}
           for i, k in enumerate(KEYS) for a in NOISE for b in NOISE if a != b]
   order = np.random.default_rng([seed, 2]).permutation(len(rows))
