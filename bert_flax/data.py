@@ -43,6 +43,16 @@ class ExampleMaker:
   def _ids(self, example: dict[str, Any]) -> np.ndarray:
     return np.asarray(self.vocab.encode(get_text(example, self.text_field)), np.int32)
 
+  def _other_document(self, example: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """Ids of a random document whose text differs from `example`'s (BERT redraws up to 10
+    times); none found (a one-document corpus): empty, so B stays the real next segment."""
+    text = get_text(example, self.text_field)
+    for _ in range(10):
+      other = self.source[int(rng.integers(len(self.source)))]
+      if get_text(other, self.text_field) != text:
+        return self._ids(other)
+    return np.zeros(0, np.int32)
+
   def _split_point(self, ids: np.ndarray, rng: np.random.Generator) -> int:
     """Where B starts: after a sentence end if any, else at a word start, else anywhere."""
     starts = self.word_starts[ids[1:]]
@@ -69,7 +79,7 @@ class ExampleMaker:
     a, b = ids[:cut], ids[cut:]
     label = 0
     if self.nsp and rng.random() < 0.5:
-      other = self._ids(self.source[int(rng.integers(len(self.source)))])
+      other = self._other_document(example, rng)
       if other.size:
         start = int(rng.integers(0, max(other.size - b.size, 0) + 1))
         b, label = other[start:start + b.size], 1

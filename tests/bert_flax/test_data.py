@@ -84,6 +84,17 @@ def test_nsp_labels_on_cls_and_half_random(vocab):
   assert len(labels) > 200 and abs(np.mean(labels) - 0.5) < 0.1, np.mean(labels)
 
 
+def test_random_next_segment_never_comes_from_the_same_document(vocab):
+  doc = _docs(1, seed=3, sentences=4)[0]
+  it = iter(_dataset(vocab, [doc, dict(doc)], nsp=True, batch_size=8))  # one text, twice
+  weights = labels = 0
+  for _ in range(10):
+    b = next(it)
+    weights += int((b["nsp_weights"] > 0).sum())
+    labels += int(b["nsp_labels"][b["nsp_weights"] > 0].sum())
+  assert weights > 20 and labels == 0  # every B is the real continuation
+
+
 def test_masks_change_every_epoch_and_resume_exactly(vocab):
   one = [{"text": "ka lo mi ne su. ta ri po de gu fa zo. bi xe ka lo."}]
   # One document, seq_len 48: each row is that document from another epoch.
