@@ -32,7 +32,8 @@ def data(tmp_path_factory):
                     for _ in range(n)] for split, n in (("train", 300), ("validation", 40))}
   for split, n in (("train", 64), ("validation", 20), ("test", 20)):
     fakes.write_jsonl(root / f"cls_{split}.jsonl",
-                      [{"sentence": s, "y": "pos" if "ka" in s else "neg"}
+                      [{"sentence": s, "y": "pos" if "ka" in s else "neg",
+                        "score": float(s.count("ka"))}
                        for s in (sentence() for _ in range(n))])
   return root, fakes.write_corpus(root, corpus)
 
@@ -100,6 +101,18 @@ def test_pretrain_then_finetune(data, pretrained, tmp_path, capsys):
   assert json.load(open(tmp_path / "labels.json"))["labels"] == ["neg", "pos"]
 
 
+def test_regression_head_reports_mse_and_mae(data, pretrained, tmp_path):
+  workdir, _ = pretrained
+  cfg = _finetune_cfg(data, workdir, label_field="score")
+  cfg.task = "regress"
+  ft = train.run(cfg, str(tmp_path))
+  assert ft.state["params"]["classifier"]["kernel"].shape == (64, 1)
+  results = json.load(open(tmp_path / "results.json"))
+  assert {"mse", "mae"} <= set(results["validation"]) and {"mse", "mae"} <= set(results["test"])
+  assert all(np.isfinite(v) and v >= 0 for v in results["test"].values())
+  assert "majority_baseline" not in results  # no classes in a regression
+
+
 def test_bad_inputs_are_clear_errors(data, pretrained, tmp_path):
   root, _ = data
   workdir, _ = pretrained
@@ -111,7 +124,7 @@ def test_bad_inputs_are_clear_errors(data, pretrained, tmp_path):
       (dict(labels="neg,neutral"), {}, ValueError,
        r"split 'train' example \d+: label 'pos' is not in the label set \['neg', 'neutral'\]"),
       (dict(text_field="review"), {}, ValueError,
-       r"examples have no field 'review' \(text_field\); fields present: \['sentence', 'y'\]"),
+       r"examples have no field 'review' \(text_field\); fields present: \['score', 'sentence', 'y'\]"),
       (dict(dataset=f"jsonl:{root}/empty_{{split}}.jsonl"), {}, ValueError, "no non-empty lines"),
       (dict(dataset=f"csv:{root}/{{split}}.csv"), {}, ValueError, "has no examples"),
       (dict(seq_len=999), {}, ValueError, "classify.seq_len=999 exceeds model.max_len"),
