@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bert_flax.masking import MaskingConfig, mask_batch  # noqa: E402
 from bert_flax.model import BertPretrainModel  # noqa: E402
 from common import metrics as metrics_lib  # noqa: E402
-from common import sharding, trainer  # noqa: E402
+from common import allocator, sharding, trainer  # noqa: E402
 from configs.bert import get_config  # noqa: E402
 
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
@@ -247,6 +247,7 @@ def main(argv=None) -> None:
 
   print(f"# BERT-MLM training benchmark: {platform.processor() or platform.machine()}, "
         f"{cores} cores, load average {os.getloadavg()[0]:.2f} at start")
+  print(f"# {allocator.describe()} (both frameworks; common/allocator.py)")
   print(f"# jax {jax.__version__} devices={jax.devices()}; torch {torch.__version__} "
         f"num_threads={torch.get_num_threads()}", end="")
   hf = [r for r in runners if isinstance(r, HFRunner)]
@@ -302,4 +303,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+  allocator.reexec_with_tcmalloc()
   main()

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import convert, sharding, trainer  # noqa: E402
+from common import allocator, convert, sharding, trainer  # noqa: E402
 from configs.gpt import get_config  # noqa: E402
 from gpt_flax import hf as gpt_hf  # noqa: E402
 from gpt_flax.generate import generate_tokens  # noqa: E402
@@ -164,6 +164,7 @@ def main(argv=None) -> None:
   new = args.batch * args.new_tokens
   print(f"# GPT generation benchmark: {platform.processor() or platform.machine()}, {cores} "
         f"cores, load average {os.getloadavg()[0]:.2f} at start")
+  print(f"# {allocator.describe()} (both frameworks; common/allocator.py)")
   print(f"# jax {jax.__version__} devices={jax.devices()}; torch {torch.__version__} "
         f"num_threads={torch.get_num_threads()}", end="")
   hf = [r for r in runners if isinstance(r, HF)]
@@ -216,4 +217,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+  allocator.reexec_with_tcmalloc()
   main()

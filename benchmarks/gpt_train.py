@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import metrics as metrics_lib  # noqa: E402
-from common import sharding, trainer  # noqa: E402
+from common import allocator, sharding, trainer  # noqa: E402
 from common.config import apply_overrides  # noqa: E402
 from configs.gpt import get_config  # noqa: E402
 from gpt_flax.model import GPTModel  # noqa: E402
@@ -292,6 +292,7 @@ def main(argv=None) -> None:
 
   print(f"# GPT training benchmark: {platform.processor() or platform.machine()}, "
         f"{cores} cores, load average {os.getloadavg()[0]:.2f} at start")
+  print(f"# {allocator.describe()} (both frameworks; common/allocator.py)")
   print(f"# jax {jax.__version__} devices={devices}; torch {torch.__version__} "
         f"num_threads={torch.get_num_threads()}", end="")
   hf = [r for r in runners if isinstance(r, HFRunner)]
@@ -359,4 +360,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+  allocator.reexec_with_tcmalloc()
   main()

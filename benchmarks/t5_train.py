@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import sharding, trainer  # noqa: E402
+from common import allocator, sharding, trainer  # noqa: E402
 from common.data.seq2seq import pad_batch  # noqa: E402
 from configs.t5 import get_config  # noqa: E402
 from t5x_lite.decode import _decode_jit  # noqa: E402
@@ -162,6 +162,7 @@ def main(argv=None) -> None:
   enc = data[0]["encoder_input_tokens"]
   print(f"# T5 bench: 6+6 layers, d 512, 8x64 heads, d_ff 1024 gated-gelu, vocab 8192, inputs "
         f"256, targets 64, batch 8; {threads} cores, load average {os.getloadavg()[0]:.1f}")
+  print(f"# {allocator.describe()} (both frameworks; common/allocator.py)")
   results = {r.name: {"train": [], "decode": []} for r in runners}
   for r in runners:  # warm-up: compilation, allocator
     t0 = time.perf_counter()
@@ -206,4 +207,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+  allocator.reexec_with_tcmalloc()
   main()

@@ -12,6 +12,7 @@ import jax
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
+from common import allocator
 from common import config as config_lib
 from common.vocab import SentencePieceVocab, Vocabulary, load_vocab
 
@@ -87,6 +88,7 @@ def make_cli(run: Callable[..., Any], family: str, default_preset: str) -> Calla
   default_spec = os.path.join(config_lib.CONFIG_DIR, f"{family}.py:{default_preset}")
 
   def cli() -> None:
+    allocator.reexec_with_tcmalloc()
     config_flag = config_flags.DEFINE_config_file(
         "config", default_spec, f"{family} config file[:preset]", lock_config=True)
 

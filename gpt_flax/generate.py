@@ -33,7 +33,7 @@ from absl import app, flags
 from flax import nnx
 from jax.sharding import Mesh
 
-from common import checkpoint, decoding, entry, sharding, trainer
+from common import allocator, checkpoint, decoding, entry, sharding, trainer
 from common import config as config_lib
 from common.attention import DecoderCache, KVCache
 from common.vocab import Vocabulary, load_vocab
@@ -380,6 +380,7 @@ def main(argv) -> None:
 
 
 def cli() -> None:
+  allocator.reexec_with_tcmalloc()
   _define_flags()
   app.run(main)
 

@@ -36,7 +36,7 @@ from absl import app, flags
 from flax import nnx
 
 from common import config as config_lib
-from common import sharding
+from common import allocator, sharding
 from common.data.sources import Source, get_text, open_source
 from common.vocab import Vocabulary
 from gpt_flax import generate as gen
@@ -505,6 +505,7 @@ def main(argv) -> None:
 
 
 def cli() -> None:
+  allocator.reexec_with_tcmalloc()
   _define_flags()
   app.run(main)
 

@@ -24,6 +24,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import ConfigDict
 
+from common import allocator
 from common import config as config_lib
 from common import entry
 from configs.gpt import get_config
@@ -542,6 +543,7 @@ def main(argv) -> None:
 
 
 def cli() -> None:
+  allocator.reexec_with_tcmalloc()
   app.run(main)
 
 

@@ -21,7 +21,7 @@ from absl import app, flags
 from ml_collections import ConfigDict
 
 from common import config as config_lib
-from common import entry, sharding, trainer
+from common import allocator, entry, sharding, trainer
 from common.checkpoint import load_params
 from common.data.seq2seq import field_text, fit_length
 from common.vocab import load_vocab
@@ -118,4 +118,5 @@ def jax_context(mesh, cfg):
 
 
 if __name__ == "__main__":
+  allocator.reexec_with_tcmalloc()
   app.run(main, argv=sys.argv)
