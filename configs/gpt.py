@@ -25,6 +25,8 @@ def _model(num_layers, d_model, num_heads, vocab_size, max_len, **kw) -> ConfigD
 def get_config(preset: str = "demo") -> ConfigDict:
   c = base_config()
   c.init_checkpoint = ""  # a work dir / checkpoint to start from (e.g. an imported GPT-2)
+  # Loss only on text this regex matches (answers of a prompt format; "" = every token).
+  c.data.loss_regex = ""
   c.sample = ConfigDict(dict(
       prompts=["This package provides", "A command-line tool", "The library"],
       max_new_tokens=40, temperature=0.8, top_k=40, top_p=1.0))

@@ -7,7 +7,7 @@ loss and perplexity, and prints sampled continuations of `config.sample.prompts`
 from __future__ import annotations
 
 from common import entry, trainer
-from common.data.pipeline import lm_dataset
+from common.data.pipeline import compile_loss_regex, lm_dataset
 from common.data.sources import open_source
 from gpt_flax.generate import generate_text
 from gpt_flax.model import GPTModel
@@ -19,13 +19,15 @@ def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
     entry.prepare_data(cfg)
   d = cfg.data
   open_source(d.dataset, d.train_split, d.data_dir)  # a missing dataset fails before anything
+  if d.loss_regex:
+    compile_loss_regex(d.loss_regex)
   vocab = entry.load_checked_vocab(cfg)
 
   def make_iter(split: str, *, train: bool):
     source = open_source(d.dataset, split, d.data_dir)
     ds = lm_dataset(source, vocab, text_field=d.text_field, seq_len=d.seq_len,
                     batch_size=cfg.train.batch_size, seed=cfg.seed, shuffle=train and d.shuffle,
-                    num_epochs=None if train else 1)
+                    num_epochs=None if train else 1, loss_regex=d.loss_regex)
     return iter(ds)
 
   result = trainer.train(

@@ -6,6 +6,7 @@ document continues in the next row as a new segment) -> batch -> model features.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grain
@@ -29,18 +30,21 @@ def _finalize(batch: dict[str, np.ndarray], bos_id: int, pad_id: int) -> dict[st
     inputs = np.roll(targets, 1, axis=1)
     inputs[positions == 0] = bos_id  # column 0 is always a segment start or padding
     inputs[segment_ids == 0] = pad_id
+    weights = (segment_ids > 0).astype(np.float32)
+    if "loss_weights" in batch:
+        weights *= batch["loss_weights"]
     return {
         "inputs": inputs,
         "targets": targets,
         "segment_ids": segment_ids,
         "positions": positions,
-        "weights": (segment_ids > 0).astype(np.float32),
+        "weights": weights,
     }
 
 
 def lm_dataset(source: Source, vocab: Vocabulary, *, text_field: str, seq_len: int,
                batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
-               add_eos: bool = True, shard_by_process: bool = True,
+               add_eos: bool = True, shard_by_process: bool = True, loss_regex: str = "",
                read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
     """Batches of [batch_size // process_count, seq_len] packed rows for this JAX process.
 
@@ -48,6 +52,10 @@ def lm_dataset(source: Source, vocab: Vocabulary, *, text_field: str, seq_len: i
     partial batch is dropped. Iterate with `iter(ds)`; its get_state() is plain JSON and
     set_state() resumes exactly (so grain.checkpoint.CheckpointSave works). Reading and
     tokenizing run in `read_options` threads (default READ_OPTIONS); no worker processes.
+
+    `loss_regex` (TRL's completion-only loss, generalised): when set, only tokens of text the
+    regex matches carry loss (e.g. `(?<=Label:) \\w+` trains on the answers of a prompt
+    format, not on the prompts); the matched and unmatched pieces are tokenized separately.
     """
     if seq_len < 1 or batch_size < 1:
         raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
@@ -65,15 +73,51 @@ def lm_dataset(source: Source, vocab: Vocabulary, *, text_field: str, seq_len: i
         ds = ds.shuffle(seed)  # grain reseeds per epoch after repeat()
     ds = ds.repeat(num_epochs)
     eos = [vocab.eos_id] if add_eos else []
+    pattern = compile_loss_regex(loss_regex) if loss_regex else None
 
     def tokenize(example: dict[str, Any]) -> dict[str, np.ndarray] | None:
-        ids = vocab.encode(get_text(example, text_field)) + eos
-        return {"targets": np.asarray(ids, dtype=np.int32)} if ids else None
+        text = get_text(example, text_field)
+        if pattern is None:
+            ids = vocab.encode(text) + eos
+            return {"targets": np.asarray(ids, dtype=np.int32)} if ids else None
+        ids, weights = _encode_weighted(text, pattern, vocab)
+        ids, weights = ids + eos, weights + [0.0] * len(eos)
+        if not ids:
+            return None
+        return {"targets": np.asarray(ids, np.int32), "loss_weights": np.asarray(weights, np.float32)}
 
     it = ds.map(tokenize).to_iter_dataset(read_options or READ_OPTIONS)  # drops None (empty doc)
-    it = grain.experimental.ConcatThenSplitIterDataset(it, length_struct={"targets": seq_len})
+    lengths = {"targets": seq_len} if pattern is None else {"targets": seq_len,
+                                                             "loss_weights": seq_len}
+    it = grain.experimental.ConcatThenSplitIterDataset(it, length_struct=lengths)
     it = it.batch(batch_size // shards, drop_remainder=True)
     return _JsonStateIterDataset(it.map(lambda b: _finalize(b, vocab.bos_id, vocab.pad_id)))
+
+
+def compile_loss_regex(loss_regex: str) -> re.Pattern:
+    """The compiled `data.loss_regex`, or a ValueError that names it."""
+    try:
+        return re.compile(loss_regex)
+    except re.error as e:
+        raise ValueError(f"data.loss_regex {loss_regex!r} is not a valid regular expression: {e}") from e
+
+
+def _encode_weighted(text: str, pattern: re.Pattern, vocab: Vocabulary
+                     ) -> tuple[list[int], list[float]]:
+    """Token ids of `text` and a weight per token: 1 inside the regex's matches, 0 outside."""
+    ids: list[int] = []
+    weights: list[float] = []
+    pos = 0
+    for m in pattern.finditer(text):
+        if m.end() == m.start():
+            continue
+        for piece, w in ((text[pos:m.start()], 0.0), (m.group(), 1.0)):
+            piece_ids = vocab.encode(piece) if piece else []
+            ids += piece_ids
+            weights += [w] * len(piece_ids)
+        pos = m.end()
+    tail = vocab.encode(text[pos:]) if text[pos:] else []
+    return ids + tail, weights + [0.0] * len(tail)
 
 
 class _JsonStateIterator(grain.DatasetIterator):

@@ -6,10 +6,11 @@ import re
 
 import numpy as np
 
+from common.vocab import load_vocab
 from gpt_flax import icl
 from gpt_flax import icl_synthetic as syn
 
-QUERY = re.compile(r"Input: (\w+) (\w+) (\w+)\nLabel: (\w+)")
+QUERY = re.compile(r"Input: (\w+) (\w+)\nLabel: (\w+)")
 
 
 def _read(path):
@@ -39,10 +40,10 @@ def test_every_pretraining_episode_is_consistent_with_one_map(tmp_path):
     for row in rows:
       assert row["text"].startswith(syn.TASK.instruction + "\n")
       found = QUERY.findall(row["text"])
-      assert 4 <= len(found) < 12 and len(found) == row["text"].count("Input:")
+      assert 8 <= len(found) < 21 and len(found) == row["text"].count("Input:")
       seen = {}
-      for a, b, key, label in found:
-        assert a != b and {a, b} <= set(syn.NOISE) and key in syn.KEYS and label in syn.LABELS
+      for noise, key, label in found:
+        assert noise in syn.NOISE and key in syn.KEYS and label in syn.LABELS
         assert seen.setdefault(key, label) == label  # a key keeps its label within an episode
       maps.add(tuple(sorted(seen.items())))
   assert len(maps) > 1  # ... but the map changes between episodes
@@ -63,7 +64,7 @@ def test_task_has_one_fixed_map_and_disjoint_splits_covering_every_item(tmp_path
   assert sorted(label_of_key.values()) == [0, 0, 0, 1, 1, 1]
   texts = {s: [r["text"] for r in rows] for s, rows in splits.items()}
   assert not set(texts["train"]) & set(texts["validation"])
-  n = len(syn.KEYS) * len(syn.NOISE) * (len(syn.NOISE) - 1)
+  n = len(syn.KEYS) * len(syn.NOISE)
   assert len(set(texts["train"] + texts["validation"])) == len(texts["train"]) + len(
       texts["validation"]) == n
   assert len(texts["train"]) == int(0.7 * n)
@@ -72,3 +73,18 @@ def test_task_has_one_fixed_map_and_disjoint_splits_covering_every_item(tmp_path
   assert {r["text"] for rows in other.values() for r in rows} == set(texts["train"] +
                                                                      texts["validation"])
   assert other != splits
+
+
+def test_word_tokenizer_makes_every_word_one_piece(tmp_path):
+  specs = syn.write_synthetic(str(tmp_path), seed=0, num_episodes=200)
+  vocab = load_vocab(specs["tokenizer"])
+  text = _read(tmp_path / "pretrain" / "train.jsonl")[0]["text"]
+  ids = vocab.encode(text)
+  assert len(ids) == len(text.split()) and vocab.unk_id not in ids
+  assert vocab.decode(ids) == " ".join(text.split())  # newlines normalise to spaces
+  # Candidates are single tokens, so multiple-choice scoring compares one logit each.
+  assert [len(vocab.encode(" " + label)) for label in syn.LABELS] == [1, 1]
+  assert syn.model_vocab_size(specs["tokenizer"]) % 128 == 0
+  assert syn.model_vocab_size(specs["tokenizer"]) >= vocab.vocab_size
+  assert f"--config.model.vocab_size={syn.model_vocab_size(specs['tokenizer'])}" in syn.commands(
+      str(tmp_path), specs)

@@ -155,3 +155,21 @@ def test_clear_errors(docs, vocab, monkeypatch):
         next(iter(_ds(docs, vocab, text_field="body", shard_by_process=False)))
     with pytest.raises(ValueError, match="seq_len and batch_size must be >= 1"):
         _ds(docs, vocab, seq_len=0, shard_by_process=False)
+
+
+def test_loss_regex_weights_only_the_matched_text(docs, vocab):
+    """Completion-only loss: weight 1 exactly on the tokens of the regex's matches, in order."""
+    qa = [{"text": f"{d['text'][:20]} Answer: {d['text'][-12:]}"} for d in docs if d["text"]]
+    regex = r"(?<=Answer:) .*"
+    batches = list(_ds(qa, vocab, batch_size=1, num_epochs=1, shuffle=False, loss_regex=regex))
+    weighted = np.concatenate([b["targets"][b["weights"] > 0] for b in batches]).tolist()
+    answers = [t for d in qa for t in vocab.encode(" " + d["text"].split(" Answer: ", 1)[1])]
+    assert weighted == answers and len(answers) > 0
+    for b in batches:  # padding and the eos never carry loss; weights are 0/1
+        assert not np.any(b["weights"][b["segment_ids"] == 0])
+        assert set(np.unique(b["weights"]).tolist()) <= {0.0, 1.0}
+    # Every token is still there, packed and segmented as without the regex.
+    real = np.concatenate([b["targets"][b["segment_ids"] > 0] for b in batches]).tolist()
+    assert real.count(vocab.eos_id) == len(qa) and len(real) > len(answers)
+    with pytest.raises(ValueError, match=r"data.loss_regex '\(' is not a valid"):
+        _ds(qa, vocab, loss_regex="(")
