@@ -122,7 +122,33 @@ class DecoderCache(NamedTuple):
 
   def step_mask(self, segment_ids_BxT: jax.Array) -> tuple["DecoderCache", jax.Array]:
     """Records the new tokens' segment ids and returns the causal mask over the buffer."""
-    seg = jax.lax.dynamic_update_slice(self.segment_ids, segment_ids_BxT, (0, self.index))
-    q_index = self.index + jnp.arange(segment_ids_BxT.shape[1])
-    mask = make_mask(segment_ids_BxT, seg, causal=True, q_index=q_index)
+    seg, mask = _step_mask(self.segment_ids, self.index, segment_ids_BxT)
     return self._replace(segment_ids=seg), mask
+
+
+class LayerCaches(NamedTuple):
+  """`DecoderCache` for a stack decoded layer by layer (`LayerStack.unstacked`): one KV buffer
+  per layer, so a decoding step updates each in place instead of slicing a stacked buffer out
+  and back (which copies every layer's whole cache per token)."""
+  kv: tuple[KVCache, ...]
+  segment_ids: jax.Array
+  index: jax.Array
+
+  @classmethod
+  def zeros(cls, num_layers: int, batch: int, max_len: int, num_heads: int, head_dim: int,
+            dtype: jnp.dtype) -> "LayerCaches":
+    kv = tuple(KVCache.zeros(batch, max_len, num_heads, head_dim, dtype)
+               for _ in range(num_layers))
+    return cls(kv, jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((), jnp.int32))
+
+  def step_mask(self, segment_ids_BxT: jax.Array) -> tuple["LayerCaches", jax.Array]:
+    """Records the new tokens' segment ids and returns the causal mask over the buffer."""
+    seg, mask = _step_mask(self.segment_ids, self.index, segment_ids_BxT)
+    return self._replace(segment_ids=seg), mask
+
+
+def _step_mask(slots_BxL: jax.Array, index: jax.Array, segment_ids_BxT: jax.Array
+               ) -> tuple[jax.Array, jax.Array]:
+  seg = jax.lax.dynamic_update_slice(slots_BxL, segment_ids_BxT, (0, index))
+  q_index = index + jnp.arange(segment_ids_BxT.shape[1])
+  return seg, make_mask(segment_ids_BxT, seg, causal=True, q_index=q_index)

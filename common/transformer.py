@@ -8,6 +8,7 @@ with a configurable remat policy. BERT, T5 and GPT stacks are all this one block
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any
 
 import jax
@@ -113,6 +114,16 @@ class LayerStack(nnx.Module):
       self.layers = create(rngs)
     else:
       self.layers = nnx.List([make(rngs) for _ in range(num_layers)])
+
+  def unstacked(self) -> list[TransformerLayer]:
+    """One module per layer, its parameters sliced out of the stacked arrays here, once.
+    Decoding loops call the layers one by one on per-layer caches (`LayerCaches`): through
+    the scan, XLA would copy every layer's weights and KV cache at every decoded token."""
+    if not self.scan:
+      return list(self.layers)
+    graphdef, state = nnx.split(self.layers)
+    return [nnx.merge(graphdef, jax.tree.map(operator.itemgetter(i), state))
+            for i in range(self.num_layers)]
 
   def __call__(self, x_BxLxD: jax.Array, *, caches: KVCache | None = None,
                dropout_key: jax.Array | None = None, **kwargs: Any

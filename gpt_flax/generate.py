@@ -23,7 +23,7 @@ import json
 import math
 import os
 import sys
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 
 from common import allocator, checkpoint, decoding, entry, sharding, trainer
 from common import config as config_lib
-from common.attention import DecoderCache, KVCache
+from common.attention import KVCache, LayerCaches
 from common.vocab import Vocabulary, load_vocab
 from gpt_flax.model import GPTModel
 from gpt_flax.network import GPT
@@ -70,13 +70,6 @@ def sampling_logits(logits_BxV: jax.Array, keys_B: jax.Array, positions_B: jax.A
   return logits + jax.vmap(gumbel)(keys_B, positions_B)
 
 
-class LayerCaches(NamedTuple):
-  """Decoding state of `Decoder`: one KV cache per layer, slot segment ids, next slot."""
-  kv: tuple[KVCache, ...]
-  segment_ids: jax.Array
-  index: jax.Array
-
-
 class Decoder:
   """GPT's cached forward pass (`GPT.__call__` with a cache) with the layer stack unrolled.
 
@@ -89,19 +82,12 @@ class Decoder:
 
   def __init__(self, net: GPT):
     self.net = net
-    stack = net.layers
-    if stack.scan:
-      graphdef, state = nnx.split(stack.layers)
-      self.layers = [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
-                     for i in range(stack.num_layers)]
-    else:
-      self.layers = list(stack.layers)
+    self.layers = net.layers.unstacked()
 
   def init_cache(self, batch: int, max_len: int) -> LayerCaches:
     c = self.net.cfg
-    kv = tuple(KVCache.zeros(batch, max_len, c.num_heads, c.head_dim, jnp.dtype(c.dtype))
-               for _ in self.layers)
-    return LayerCaches(kv, jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((), jnp.int32))
+    return LayerCaches.zeros(len(self.layers), batch, max_len, c.num_heads, c.head_dim,
+                             jnp.dtype(c.dtype))
 
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                segment_ids_BxT: jax.Array, cache: LayerCaches) -> tuple[jax.Array, LayerCaches]:
@@ -109,7 +95,7 @@ class Decoder:
     net = self.net
     x = net.embed(tokens_BxT) + net.pos_embed(positions_BxT)
     x = sharding.constrain(x, ("batch", "length", "act_embed"))
-    slots, mask = DecoderCache(None, cache.segment_ids, cache.index).step_mask(segment_ids_BxT)
+    slots, mask = cache.step_mask(segment_ids_BxT)
     kvs = []
     for layer, kv in zip(self.layers, cache.kv):
       kv = KVCache(*(sharding.constrain(c, ("batch", "kv_length", "act_heads", "kv")) for c in kv))

@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 
 from common import decoding, sharding
 from common.data.seq2seq import pad_batch
-from t5x_lite.network import T5
+from t5x_lite.network import T5, IncrementalDecoder
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -31,12 +31,12 @@ def _decode_jit(graphdef, params, enc_tokens_BxS, enc_segment_ids_BxS, key, *,
   enc_seg = enc_segment_ids_BxS
   if beam_size > 1:
     encoded, enc_seg = (jnp.repeat(x, beam_size, axis=0) for x in (encoded, enc_seg))
-  cross_kv = net.cross_cache(encoded)
-  cache = net.init_cache(rows, max_decode_len + 1)
+  decoder = IncrementalDecoder(net, encoded, enc_seg)
+  cache = decoder.init_cache(rows, max_decode_len + 1)
 
   def step_fn(tokens, positions, segment_ids, cache):
     del positions  # relative positions come from the cache index
-    return net.decode_step(tokens, segment_ids, cache, cross_kv, enc_seg)
+    return decoder(tokens, segment_ids, cache)
 
   start = jnp.zeros((batch, 1), jnp.int32)  # T5's decoder start token is id 0
   start_mask = jnp.ones((batch, 1), jnp.int32)

@@ -20,8 +20,8 @@ import sys
 from absl import app, flags
 from ml_collections import ConfigDict
 
-from common import config as config_lib
 from common import allocator, entry, sharding, trainer
+from common import config as config_lib
 from common.checkpoint import load_params
 from common.data.seq2seq import field_text, fit_length
 from common.vocab import load_vocab

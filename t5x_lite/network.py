@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common import sharding
-from common.attention import DecoderCache, KVCache, dot_product_attention, make_mask
+from common.attention import KVCache, LayerCaches, dot_product_attention, make_mask
 from common.layers import Dense, Embed, RMSNorm
 from common.relpos import RelativePositionBias
 from common.transformer import LayerConfig, LayerStack, TransformerLayer
@@ -175,47 +175,41 @@ class T5(nnx.Module):
     return self.decode(encoded, encoder_segment_ids_BxS, decoder_tokens_BxT,
                        decoder_segment_ids_BxT, dropout_key=keys[1])
 
-  # Incremental decoding.
 
-  def init_cache(self, batch: int, max_len: int) -> DecoderCache:
-    c = self.cfg
-    return DecoderCache.zeros(c.num_decoder_layers, batch, max_len, c.num_heads, c.head_dim,
-                              jnp.dtype(c.dtype))
+class IncrementalDecoder:
+  """T5's decoder run step by step over a KV cache, for inference.
 
-  def _map_decoder_layers(self, fn, carry, xs):
-    """lax.scan `fn(layer, carry, xs_i) -> (carry, ys_i)` over decoder layers (stacked ys)."""
-    stack = self.decoder
-    if stack.scan:
-      graphdef, state = nnx.split(stack.layers)
-      body = lambda c, x: fn(nnx.merge(graphdef, x[0]), c, x[1])
-      return jax.lax.scan(body, carry, (state, xs))
-    ys = []
-    for i, layer in enumerate(stack.layers):
-      carry, y = fn(layer, carry, jax.tree.map(lambda a: a[i], xs))
-      ys.append(y)
-    return carry, jax.tree.map(lambda *a: jnp.stack(a), *ys)
+  The decoder layers are unrolled (`LayerStack.unstacked`: weights sliced once, one cache
+  buffer per layer updated in place) and every layer's cross-attention keys/values are
+  computed from the encoder output once, here, not at every step.
+  """
 
-  def cross_cache(self, encoded_BxSxD: jax.Array) -> KVCache:
-    """Every decoder layer's cross-attention keys/values [layers, B, S, H, D], computed once."""
-    def fn(layer, carry, _):
-      attn = layer.cross_attn
-      return carry, KVCache(attn.key(encoded_BxSxD), attn.value(encoded_BxSxD))
-    return self._map_decoder_layers(fn, None, None)[1]
+  def __init__(self, net: T5, encoded_BxSxD: jax.Array, encoder_segment_ids_BxS: jax.Array):
+    self.net = net
+    self.layers = net.decoder.unstacked()
+    self.cross_kv = tuple(KVCache(layer.cross_attn.key(encoded_BxSxD),
+                                  layer.cross_attn.value(encoded_BxSxD)) for layer in self.layers)
+    self.encoder_segment_ids = encoder_segment_ids_BxS
 
-  def decode_step(self, tokens_BxT: jax.Array, segment_ids_BxT: jax.Array,
-                  cache: DecoderCache, cross_kv: KVCache, encoder_segment_ids_BxS: jax.Array
-                  ) -> tuple[jax.Array, DecoderCache]:
+  def init_cache(self, batch: int, max_len: int) -> LayerCaches:
+    c = self.net.cfg
+    return LayerCaches.zeros(len(self.layers), batch, max_len, c.num_heads, c.head_dim,
+                             jnp.dtype(c.dtype))
+
+  def __call__(self, tokens_BxT: jax.Array, segment_ids_BxT: jax.Array, cache: LayerCaches
+               ) -> tuple[jax.Array, LayerCaches]:
     """Appends T tokens at `cache.index`; fp32 logits [B, T, V] for them."""
-    cache, mask = cache.step_mask(segment_ids_BxT)
+    net = self.net
+    slots, mask = cache.step_mask(segment_ids_BxT)
     t, max_len = tokens_BxT.shape[1], cache.segment_ids.shape[1]
-    bias = self.decoder_relpos(cache.index + jnp.arange(t), jnp.arange(max_len))
-    cross_mask = make_mask(segment_ids_BxT, encoder_segment_ids_BxS, causal=False)
-
-    def fn(layer, y, xs):
-      kv, cross = xs
-      return _decoder_layer_step(layer, y, mask=mask, bias=bias, cache=kv,
-                                 cache_index=cache.index, cross_kv=cross, cross_mask=cross_mask)
-
-    y, kv = self._map_decoder_layers(fn, self.embed(tokens_BxT), (cache.kv, cross_kv))
-    cache = cache._replace(kv=kv, index=cache.index + t)
-    return self._logits(self.decoder_norm(y)), cache
+    bias = net.decoder_relpos(cache.index + jnp.arange(t), jnp.arange(max_len))
+    cross_mask = make_mask(segment_ids_BxT, self.encoder_segment_ids, causal=False)
+    y = net.embed(tokens_BxT)
+    kvs = []
+    for layer, kv, cross_kv in zip(self.layers, cache.kv, self.cross_kv):
+      y, kv = _decoder_layer_step(layer, y, mask=mask, bias=bias, cache=kv,
+                                  cache_index=cache.index, cross_kv=cross_kv,
+                                  cross_mask=cross_mask)
+      kvs.append(kv)
+    cache = slots._replace(kv=tuple(kvs), index=cache.index + t)
+    return net._logits(net.decoder_norm(y)), cache

@@ -10,6 +10,7 @@ from flax import nnx
 from common import sharding, trainer
 from configs.t5 import get_config
 from t5x_lite.model import T5Model
+from t5x_lite.network import IncrementalDecoder
 from tests.t5x_lite.fakes import synthetic_batch
 
 
@@ -29,14 +30,15 @@ def test_cached_decoding_equals_full_forward(variant):
              encoder_segment_ids_BxS=b["encoder_segment_ids"],
              decoder_segment_ids_BxT=b["decoder_segment_ids"])
   encoded = net.encode(b["encoder_input_tokens"], b["encoder_segment_ids"])
-  cross = net.cross_cache(encoded)
-  cache = net.init_cache(3, 7)
+  decoder = IncrementalDecoder(net, encoded, b["encoder_segment_ids"])
+  assert len(decoder.layers) == cfg.model.num_decoder_layers
+  cache = decoder.init_cache(3, 7)
   steps = []
   for t in range(7):
-    logits, cache = net.decode_step(b["decoder_input_tokens"][:, t:t + 1],
-                                    np.ones((3, 1), np.int32), cache, cross,
-                                    b["encoder_segment_ids"])
+    logits, cache = decoder(b["decoder_input_tokens"][:, t:t + 1], np.ones((3, 1), np.int32),
+                            cache)
     steps.append(logits)
+  assert int(cache.index) == 7
   inc = jnp.concatenate(steps, axis=1)
   real = b["decoder_segment_ids"] > 0
   np.testing.assert_allclose(np.asarray(inc)[real], np.asarray(full)[real], atol=2e-5)
