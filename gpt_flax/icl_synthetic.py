@@ -1,9 +1,10 @@
 """A synthetic in-context task: checks the ICL harness with a model that CAN learn in context.
 
 Items are a noise word then a key ("tool green"); the label (true/false) is a function of the
-key only. The pretraining corpus holds episodes written in the harness's prompt format, each
-with its OWN random key -> label map, so a model can only learn to read the map off the
-demonstrations (an induction pattern: find the earlier item with the same key, copy its label).
+key only. The pretraining corpus holds episodes written in the harness's prompt format (one
+"tool green true" line per item), each with its OWN random key -> label map, so a model can
+only learn to read the map off the demonstrations: the induction pattern small transformers
+learn first (find the earlier occurrence of the current token, copy the token after it).
 The evaluation task fixes one map: zero-shot a model is at chance, and it improves with k as
 demonstrations sharing the query's key become likely.
 
@@ -35,12 +36,13 @@ NOISE = ("file", "data", "tool", "server", "user", "code", "system", "library", 
 LABELS = ("false", "true")
 
 # The loss is on the answers only (as in instruction tuning): with every token weighted, the
-# unpredictable noise and key words dominate the gradient and a 2-layer model stayed at chance
-# (3,000 steps, loss flat at the no-induction value).
-LOSS_REGEX = r"(?<=Label:) \w+"
+# unpredictable noise and key words dominate the gradient. And the answer follows the key
+# directly: with "Input: {input}\nLabel:" between them a 2-layer model stayed at chance after
+# 3,000 steps even with this loss (README, in-context learning).
+LOSS_REGEX = r" (?:true|false)(?=\n|$)"
 
 TASK = Task(name="synthetic", dataset="", kind="choice", instruction="Answer true or false.",
-            template="Input: {input}\nLabel:", candidates=LABELS, separator="\n")
+            template="{input}", candidates=LABELS, separator="\n")
 
 
 def item(rng: np.random.Generator) -> tuple[str, int]:
@@ -116,12 +118,12 @@ def commands(directory: str, specs: dict[str, str]) -> str:
       f"--config.data.data_dir={directory} --config.model.max_len=128 --config.data.seq_len=128 "
       f"--config.model.vocab_size={model_vocab_size(specs['tokenizer'])} "
       "--config.model.num_layers=2 --config.model.d_model=128 --config.model.d_ff=512 "
-      "--config.train.batch_size=32 --config.train.num_steps=3000 --config.train.eval_every=1000 "
-      "--config.train.checkpoint_every=1000 --config.train.log_every=100 "
+      "--config.train.batch_size=32 --config.train.num_steps=6000 --config.train.eval_every=1000 "
+      "--config.train.checkpoint_every=2000 --config.train.log_every=200 "
       "--config.optimizer.learning_rate=0.003 --config.optimizer.warmup_steps=50 "
       f"--config.data.loss_regex='{LOSS_REGEX}'"),
       (f"python -m gpt_flax.icl --checkpoint={wd} --task=custom --dataset='{specs['task']}' "
-      f"--kind=choice --instruction='{TASK.instruction}' --template='Input: {{input}}\\nLabel:' "
+      f"--kind=choice --instruction='{TASK.instruction}' --template='{{input}}' "
       f"--separator='\\n' --candidates={','.join(LABELS)} --shots=0,1,4,8,16 --num_examples=200"),
   ])
 

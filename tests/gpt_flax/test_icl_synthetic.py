@@ -10,7 +10,7 @@ from common.vocab import load_vocab
 from gpt_flax import icl
 from gpt_flax import icl_synthetic as syn
 
-QUERY = re.compile(r"Input: (\w+) (\w+)\nLabel: (\w+)")
+QUERY = re.compile(r"^(\w+) (\w+) (\w+)$", re.M)
 
 
 def _read(path):
@@ -40,12 +40,15 @@ def test_every_pretraining_episode_is_consistent_with_one_map(tmp_path):
     for row in rows:
       assert row["text"].startswith(syn.TASK.instruction + "\n")
       found = QUERY.findall(row["text"])
-      assert 8 <= len(found) < 21 and len(found) == row["text"].count("Input:")
+      assert 8 <= len(found) < 21 and len(found) == row["text"].count("\n")
       seen = {}
       for noise, key, label in found:
         assert noise in syn.NOISE and key in syn.KEYS and label in syn.LABELS
         assert seen.setdefault(key, label) == label  # a key keeps its label within an episode
       maps.add(tuple(sorted(seen.items())))
+      # The loss falls on exactly the answers (not on the instruction's "true or false.").
+      assert [m.strip() for m in re.findall(syn.LOSS_REGEX, row["text"])] == [
+          label for _, _, label in found]
   assert len(maps) > 1  # ... but the map changes between episodes
 
 
