@@ -58,7 +58,10 @@ def reexec_with_tcmalloc() -> None:
   Call it first thing in a command's main, before any work: the process is restarted. A
   no-op inside an interactive interpreter or when `preload_env` says so.
   """
-  env = preload_env()
+  try:
+    env = preload_env()
+  except ValueError as e:  # a bad FLAX_PRETRAIN_TCMALLOC: one line, before any work
+    raise SystemExit(f"error: {e}") from None
   if env is None or not getattr(sys, "orig_argv", None) or not sys.argv or not sys.argv[0]:
     return
   sys.stdout.flush()
