@@ -52,8 +52,8 @@ def test_reexec_runs_the_command_again_with_the_library():
 
 def test_bad_library_path_is_one_error_line(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, **{allocator.ENV: str(tmp_path / "nope.so")})
-  done = subprocess.run([sys.executable, "-c", "from common import allocator; "
-                         "allocator.reexec_with_tcmalloc()"], env=env, capture_output=True,
+  code = "from common import allocator; allocator.reexec_with_tcmalloc()"
+  done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                         text=True, timeout=60, check=False)
   assert done.returncode == 1 and "Traceback" not in done.stderr
   assert done.stderr.strip() == (f"error: {allocator.ENV}='{tmp_path / 'nope.so'}': no such file "
