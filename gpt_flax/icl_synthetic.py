@@ -8,7 +8,7 @@ learn first (find the earlier occurrence of the current token, copy the token af
 The evaluation task fixes one map: zero-shot a model is at chance, and it improves with k as
 demonstrations sharing the query's key become likely.
 
-A word-level SentencePiece model trained on the episodes (every word one piece, 286 ids) keeps
+A word-level SentencePiece model trained on the episodes (every word one piece, ~300 ids) keeps
 the network's vocabulary, and so a pretraining step, small.
 
   python -m gpt_flax.icl_synthetic --output_dir=/tmp/icl_synth   # writes data, prints commands
@@ -65,7 +65,7 @@ def episode(rng: np.random.Generator, num_items: int) -> str:
 
 
 def task_items(seed: int) -> dict[str, list[dict]]:
-  """Every (noise, noise, key) item once under one fixed map, split 70/30 by a seeded shuffle.
+  """Every (noise, key) item once under one fixed map, split 70/30 by a seeded shuffle.
   The map gives each label to half the keys, so the majority baseline stays at 50 %."""
   mapping = np.random.default_rng([seed, 1]).permutation(np.arange(len(KEYS)) % len(LABELS))
   rows = [{"text": f"{a} {k}", "label": int(mapping[i])} for i, k in enumerate(KEYS) for a in NOISE]
