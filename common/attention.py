@@ -50,13 +50,40 @@ def make_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, *, causal: bo
   return mask[:, None]
 
 
+@jax.custom_vjp
+def add_shared_bias(logits_BxHxQxK: jax.Array, bias_1xHxQxK: jax.Array) -> jax.Array:
+  """`logits + bias` for a bias shared by the batch (T5's relative position bias).
+
+  The bias gradient is the batch sum of the logits' gradient. XLA:CPU runs that reduction over
+  a short leading axis of a large array ~50x slower than a matmul with a ones vector (26 ms vs
+  0.5 ms for [8, 8, 256, 256]; a quarter second per T5 training step), so the VJP is written
+  as that matmul.
+  """
+  return logits_BxHxQxK + bias_1xHxQxK
+
+
+def _add_shared_bias_fwd(logits, bias):
+  return logits + bias, None
+
+
+def _add_shared_bias_bwd(_, g_BxHxQxK):
+  g_BxN = g_BxHxQxK.reshape(g_BxHxQxK.shape[0], -1)
+  g_bias_N = jnp.ones(g_BxN.shape[0], g_BxN.dtype) @ g_BxN
+  return g_BxHxQxK, g_bias_N.reshape((1,) + g_BxHxQxK.shape[1:])
+
+
+add_shared_bias.defvjp(_add_shared_bias_fwd, _add_shared_bias_bwd)
+
+
 def dot_product_attention(q_BxQxHxD: jax.Array, k_BxKxHxD: jax.Array, v_BxKxHxD: jax.Array, *,
                           mask: jax.Array | None, bias: jax.Array | None, scale: float,
                           dropout: nnx.Dropout, dropout_key: jax.Array | None,
                           dtype: jnp.dtype) -> jax.Array:
   logits_BxHxQxK = jnp.einsum("bqhd,bkhd->bhqk", q_BxQxHxD, k_BxKxHxD,
                               preferred_element_type=jnp.float32) * scale
-  if bias is not None:
+  if bias is not None and bias.shape[0] == 1 and logits_BxHxQxK.shape[0] > 1:
+    logits_BxHxQxK = add_shared_bias(logits_BxHxQxK, bias.astype(jnp.float32))
+  elif bias is not None:
     logits_BxHxQxK = logits_BxHxQxK + bias.astype(jnp.float32)
   if mask is not None:
     logits_BxHxQxK = jnp.where(mask, logits_BxHxQxK, _NEG_INF)

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.attention import DecoderCache, KVCache, MultiHeadAttention, make_mask
+from common.attention import (DecoderCache, KVCache, MultiHeadAttention, add_shared_bias,
+                              make_mask)
 
 
 def _brute_mask(seg, causal):
@@ -65,6 +66,19 @@ def test_bias_is_added_to_logits():
   out, _ = attn(x, mask=mask, bias=huge)
   only0, _ = attn(x, mask=mask & (jnp.arange(4) == 0))
   np.testing.assert_allclose(out, only0, atol=1e-5)
+
+
+def test_shared_bias_gradient_is_the_batch_sum():
+  logits = jax.random.normal(jax.random.key(5), (3, 2, 4, 4))
+  bias = jax.random.normal(jax.random.key(6), (1, 2, 4, 4))
+  w = jax.random.normal(jax.random.key(7), logits.shape)
+  f = lambda fn: lambda l, b: jnp.sum(w * jnp.tanh(fn(l, b)))
+  got = jax.grad(f(add_shared_bias), (0, 1))(logits, bias)
+  want = jax.grad(f(jnp.add), (0, 1))(logits, bias)
+  np.testing.assert_allclose(add_shared_bias(logits, bias), logits + bias)
+  for g, r in zip(got, want):
+    assert g.shape == r.shape
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
 
 
 def test_kv_cache_matches_full_attention():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from common.layers import MLP, Dense, Embed, LayerNorm, RMSNorm
+from common.layers import MLP, Dense, Embed, LayerNorm, RMSNorm, matmul
 
 
 def _make(fn):
@@ -62,6 +62,20 @@ def test_gated_mlp_math():
   x = jax.random.normal(jax.random.key(0), (2, 8))
   h = jax.nn.gelu(x @ mlp.wi.kernel[...], approximate=True) * (x @ mlp.wi_gate.kernel[...])
   np.testing.assert_allclose(mlp(x), h @ mlp.wo.kernel[...], atol=1e-5)
+
+
+def test_dense_multi_dim_matches_einsum_values_and_grads():
+  # Dense flattens to one 2-D matmul (common.layers.matmul); in/out may each be several dims.
+  x = jax.random.normal(jax.random.key(1), (2, 3, 4, 5))
+  proj = _make(lambda r: Dense((4, 5), (6, 7), names=("heads", "kv", "embed", "mlp"), rngs=r))
+  k, b = proj.kernel[...], proj.bias[...]
+  np.testing.assert_allclose(proj(x), jnp.einsum("abij,ijmn->abmn", x, k) + b, rtol=1e-5,
+                             atol=1e-6)
+  ours = lambda x, k: jnp.sum(jnp.sin(matmul(x, k, 2, jnp.float32)))
+  ref = lambda x, k: jnp.sum(jnp.sin(jnp.einsum("abij,ijmn->abmn", x, k)))
+  for g, want in zip(jax.grad(ours, (0, 1))(x, k), jax.grad(ref, (0, 1))(x, k)):
+    assert g.shape == want.shape
+    np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)
 
 
 def test_unknown_activation():
