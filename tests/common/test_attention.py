@@ -8,8 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.attention import (DecoderCache, KVCache, MultiHeadAttention, add_shared_bias,
-                              make_mask)
+from common.attention import (
+  DecoderCache,
+  KVCache,
+  MultiHeadAttention,
+  add_shared_bias,
+  make_mask,
+)
 
 
 def _brute_mask(seg, causal):
