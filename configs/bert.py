@@ -58,13 +58,14 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.classify.update(seq_len=32, batch_size=8, epochs=2, learning_rate=1e-3)
   elif preset == "demo":
     # fp32: on CPUs without avx512_bf16 (as these VMs expose) bf16 compute is slower.
-    c.model = _model(4, 256, 4, 1024, 8192)
+    c.model = _model(4, 256, 4, 1024, 8192, scan_layers=False)
     c.data.seq_len = 128
     c.train.update(batch_size=32, num_steps=700, log_every=50, eval_every=350, eval_batches=20,
                    checkpoint_every=175)
     c.optimizer.update(learning_rate=1e-3, warmup_steps=70, b2=0.98)
   elif preset == "bench":
-    c.model = _model(6, 512, 8, 2048, 8192, dropout_rate=0.0, attention_dropout_rate=0.0)
+    c.model = _model(6, 512, 8, 2048, 8192, dropout_rate=0.0, attention_dropout_rate=0.0,
+                     scan_layers=False)
     c.data.seq_len = 256
     c.pretrain.max_predictions = 40
     c.train.update(batch_size=8, num_steps=100)

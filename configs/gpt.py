@@ -39,13 +39,13 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.sample.max_new_tokens = 8
   elif preset == "demo":
     # fp32: on CPUs without avx512_bf16 (as these VMs expose) bf16 compute is ~20 % slower.
-    c.model = _model(4, 256, 4, 8192, 128)
+    c.model = _model(4, 256, 4, 8192, 128, scan_layers=False)
     c.data.seq_len = 128
     c.train.update(batch_size=16, num_steps=800, log_every=50, eval_every=400, eval_batches=20,
                    checkpoint_every=200)
     c.optimizer.update(learning_rate=2e-3, warmup_steps=50, weight_decay=0.1)
   elif preset == "bench":
-    c.model = _model(6, 512, 8, 8192, 256)
+    c.model = _model(6, 512, 8, 8192, 256, scan_layers=False)
     c.data.seq_len = 256
     c.train.update(batch_size=8, num_steps=100)
   elif preset in _GPT2:

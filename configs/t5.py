@@ -69,7 +69,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.infer.update(beam_size=2, max_decode_len=8, batch_size=8)
   elif preset == "demo":
     # fp32: on CPUs without avx512_bf16 (these VMs) XLA's bf16 matmuls are slower than fp32.
-    c.model = _model(4, 4, 256, 4, 64, 768, 8192, dtype="float32")
+    c.model = _model(4, 4, 256, 4, 64, 768, 8192, dtype="float32", scan_layers=False)
     c.data.update(max_input_len=128, max_target_len=32)
     c.train.update(batch_size=32, num_steps=600, log_every=25, eval_every=300, eval_batches=10,
                    checkpoint_every=300)
@@ -77,7 +77,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.rouge.update(num_examples=256, batch_size=64, max_decode_len=32)
     c.infer.update(max_decode_len=32)
   elif preset == "bench":
-    c.model = _model(6, 6, 512, 8, 64, 1024, 8192)
+    c.model = _model(6, 6, 512, 8, 64, 1024, 8192, scan_layers=False)
     c.data.update(max_input_len=256, max_target_len=64)
     c.train.update(batch_size=8, num_steps=100)
   elif preset in _V1_1:
