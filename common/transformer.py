@@ -79,14 +79,16 @@ class TransformerLayer(nnx.Module):
   def __call__(self, x_BxLxD: jax.Array, *, mask: jax.Array | None, bias: jax.Array | None = None,
                encoded_BxSxD: jax.Array | None = None, cross_mask: jax.Array | None = None,
                cache: KVCache | None = None, cache_index: jax.Array | None = None,
-               dropout_key: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+               causal: bool = False, dropout_key: jax.Array | None = None
+               ) -> tuple[jax.Array, KVCache | None]:
+    """`causal`: `mask` is causal (decoder self-attention), which lets attention skip blocks."""
     keys = list(jax.random.split(dropout_key, 7)) if dropout_key is not None else [None] * 7
     new_cache = None
 
     def self_attn(h):
       nonlocal new_cache
       out, new_cache = self.attn(h, mask=mask, bias=bias, cache=cache, cache_index=cache_index,
-                                 dropout_key=keys[0])
+                                 causal=causal, dropout_key=keys[0])
       return out
 
     x = self._residual(x_BxLxD, self.attn_norm, self_attn, keys[1])

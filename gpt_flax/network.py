@@ -71,7 +71,7 @@ class GPT(nnx.Module):
     x = self.dropout(x, deterministic=keys[0] is None, rngs=keys[0])
     if cache is None:
       mask = make_mask(segment_ids_BxL, segment_ids_BxL, causal=True)
-      x, _ = self.layers(x, mask=mask, dropout_key=keys[1])
+      x, _ = self.layers(x, mask=mask, causal=True, dropout_key=keys[1])
     else:
       cache, mask = cache.step_mask(segment_ids_BxL)
       x, kv = self.layers(x, mask=mask, caches=cache.kv, cache_index=cache.index)

@@ -161,7 +161,7 @@ class T5(nnx.Module):
     y = sharding.constrain(y, ("batch", "length", "act_embed"))
     idx = jnp.arange(tokens_BxT.shape[1])
     y, _ = self.decoder(
-        y, mask=make_mask(segment_ids_BxT, segment_ids_BxT, causal=True),
+        y, mask=make_mask(segment_ids_BxT, segment_ids_BxT, causal=True), causal=True,
         bias=self.decoder_relpos(idx, idx), encoded_BxSxD=encoded_BxSxD,
         cross_mask=make_mask(segment_ids_BxT, encoder_segment_ids_BxS, causal=False),
         dropout_key=keys[1])

@@ -6,6 +6,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from common.attention import (
@@ -13,6 +14,8 @@ from common.attention import (
   KVCache,
   MultiHeadAttention,
   add_shared_bias,
+  causal_attention_blocks,
+  dot_product_attention,
   make_mask,
 )
 
@@ -84,6 +87,37 @@ def test_shared_bias_gradient_is_the_batch_sum():
   for g, r in zip(got, want):
     assert g.shape == r.shape
     np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_causal_blocks_equal_full_causal_attention():
+  # Packed rows with padding, a bias and gradients: skipping the masked upper-triangle blocks
+  # changes nothing for queries that may attend (padding queries are fully masked either way).
+  seg = jnp.array([[1] * 5 + [2] * 6 + [0] * 1, [1] * 12], jnp.int32)
+  mask = make_mask(seg, seg, causal=True)
+  q, k, v, w = (jax.random.normal(jax.random.key(i), (2, 12, 2, 4)) for i in range(4))
+  bias = jax.random.normal(jax.random.key(9), (1, 2, 12, 12))
+  drop = nnx.Dropout(0.0)
+
+  def f(blocks):
+    def loss(q, k, v, bias):
+      out = dot_product_attention(q, k, v, mask=mask, bias=bias, scale=0.5, dropout=drop,
+                                  dropout_key=None, dtype=jnp.float32, causal_blocks=blocks)
+      return jnp.sum(w * out * (seg > 0)[:, :, None, None]), out
+    return jax.value_and_grad(loss, (0, 1, 2, 3), has_aux=True)(q, k, v, bias)
+
+  (_, full), full_grads = f(1)
+  for blocks in (2, 3, 4):
+    (_, out), grads = f(blocks)
+    real = np.asarray(seg > 0)
+    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(full)[real], atol=1e-5)
+    for g, want in zip(grads, full_grads):
+      np.testing.assert_allclose(g, want, atol=1e-5)
+  with pytest.raises(ValueError, match="causal_blocks=5"):
+    f(5)
+
+
+def test_causal_attention_blocks():
+  assert [causal_attention_blocks(n) for n in (64, 128, 256, 384, 1024)] == [1, 1, 2, 3, 8]
 
 
 def test_kv_cache_matches_full_attention():
