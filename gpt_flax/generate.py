@@ -98,7 +98,7 @@ class Decoder:
     slots, mask = cache.step_mask(segment_ids_BxT)
     kvs = []
     for layer, kv in zip(self.layers, cache.kv):
-      kv = KVCache(*(sharding.constrain(c, ("batch", "kv_length", "act_heads", "kv")) for c in kv))
+      kv = KVCache(*(sharding.constrain(c, ("batch", "act_heads", "kv_length", "kv")) for c in kv))
       x, kv = layer(x, mask=mask, cache=kv, cache_index=cache.index)
       kvs.append(kv)
     logits = net.embed.attend(net.final_norm(x[:, -1:]))

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common import sharding
-from common.attention import KVCache, LayerCaches, dot_product_attention, make_mask
+from common.attention import KVCache, LayerCaches, heads_major_attention, make_mask
 from common.layers import Dense, Embed, RMSNorm
 from common.relpos import RelativePositionBias
 from common.transformer import LayerConfig, LayerStack, TransformerLayer
@@ -100,11 +100,11 @@ def _decoder_layer_step(layer: TransformerLayer, y, *, mask, bias, cache: KVCach
                           cache_index=cache_index)
   y = y + out
   cross = layer.cross_attn
-  q = cross.query(layer.cross_norm(y))
-  attended = dot_product_attention(q, cross_kv.k, cross_kv.v, mask=cross_mask, bias=None,
+  q = jnp.swapaxes(cross.query(layer.cross_norm(y)), 1, 2)
+  attended = heads_major_attention(q, cross_kv.k, cross_kv.v, mask=cross_mask, bias=None,
                                    scale=cross.scale, dropout=cross.dropout, dropout_key=None,
                                    dtype=cross.dtype)
-  y = y + cross.out(attended)
+  y = y + cross.out(jnp.swapaxes(attended, 1, 2))
   return y + layer.mlp(layer.mlp_norm(y)), cache
 
 
@@ -187,8 +187,9 @@ class IncrementalDecoder:
   def __init__(self, net: T5, encoded_BxSxD: jax.Array, encoder_segment_ids_BxS: jax.Array):
     self.net = net
     self.layers = net.decoder.unstacked()
-    self.cross_kv = tuple(KVCache(layer.cross_attn.key(encoded_BxSxD),
-                                  layer.cross_attn.value(encoded_BxSxD)) for layer in self.layers)
+    self.cross_kv = tuple(KVCache(jnp.swapaxes(layer.cross_attn.key(encoded_BxSxD), 1, 2),
+                                  jnp.swapaxes(layer.cross_attn.value(encoded_BxSxD), 1, 2))
+                          for layer in self.layers)  # heads-major, as KVCache
     self.encoder_segment_ids = encoder_segment_ids_BxS
 
   def init_cache(self, batch: int, max_len: int) -> LayerCaches:
