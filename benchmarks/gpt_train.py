@@ -30,7 +30,7 @@ On a CPU without native bf16 (no avx512_bf16: torch's oneDNN bf16 path is then u
 one HF bf16 step takes ~2 minutes and dominates the run (~15 minutes in all).
 
 Extra variants of ours (any config override) can be timed in the same interleaving, e.g.
-`--variant noscan:model.scan_layers=False --variant remat:model.remat_policy=full`; each runs
+`--variant scanned:model.scan_layers=True --variant remat:model.remat_policy=full`; each runs
 in both precisions unless `--precisions` restricts them.
 """
 
@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--only", choices=("ours", "hf"), default=None, help="run one side only")
   p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VAL[,KEY=VAL]",
                  help="an extra 'ours' row with config overrides, e.g. "
-                      "noscan:model.scan_layers=False")
+                      "scanned:model.scan_layers=True")
   p.add_argument("--hf_attn", default="sdpa", help="HF attn_implementation (sdpa or eager)")
   p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
