@@ -23,14 +23,15 @@ def _abstract(tree: Any, shardings: Any) -> Any:
                       tree, shardings)
 
 
-def _diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
+def _diff(saved: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+  """(dotted key, checkpoint value, config value) for every identity field that differs."""
   out = []
   for k in sorted(set(saved) | set(current)):
     a, b = saved.get(k, "<absent>"), current.get(k, "<absent>")
     if isinstance(a, dict) and isinstance(b, dict):
       out += _diff(a, b, f"{prefix}{k}.")
     elif a != b:
-      out.append(f"{prefix}{k}: checkpoint {a!r} vs config {b!r}")
+      out.append((f"{prefix}{k}", a, b))
   return out
 
 
@@ -56,8 +57,14 @@ class Checkpointer:
     meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     diffs = _diff(meta["identity"], identity)
     if diffs:
+      described = "; ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, a, b in diffs[:5])
+      # Config fields (e.g. a preset that changed model.scan_layers) can be set back by flag.
+      flags_ = " ".join(f"--config.{k}={a}" for k, a, _ in diffs
+                        if k.startswith("model.") and isinstance(a, (bool, int, float, str))
+                        and a != "<absent>")
+      hint = f", or resume it with the checkpoint's values: {flags_}" if flags_ else ""
       raise ValueError(f"work dir {self.directory} holds a checkpoint of a different model "
-                       f"({'; '.join(diffs[:5])}); use a new --workdir")
+                       f"({described}); use a new --workdir{hint}")
 
   def save(self, step: int, state: dict, data_iter: Any, identity: dict, *,
            force: bool = False) -> bool:

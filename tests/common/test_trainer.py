@@ -81,8 +81,9 @@ def test_workdir_of_a_different_model_is_refused(tmp_path):
   _train(cfg, tmp_path)
   other = get_config("tiny")
   other.model.d_model = 128
-  with pytest.raises(ValueError, match="different model.*d_model"):
+  with pytest.raises(ValueError, match="different model.*d_model") as err:
     _train(other, tmp_path)
+  assert "--config.model.d_model=64" in str(err.value)  # how to resume it instead
 
 
 def test_grad_accum_must_divide_batch():
