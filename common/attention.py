@@ -80,18 +80,6 @@ def _add_shared_bias_bwd(_, g_BxHxQxK):
 add_shared_bias.defvjp(_add_shared_bias_fwd, _add_shared_bias_bwd)
 
 
-def dot_product_attention(q_BxQxHxD: jax.Array, k_BxKxHxD: jax.Array, v_BxKxHxD: jax.Array, *,
-                          mask: jax.Array | None, bias: jax.Array | None, scale: float,
-                          dropout: nnx.Dropout, dropout_key: jax.Array | None,
-                          dtype: jnp.dtype, causal_blocks: int = 1) -> jax.Array:
-  """Softmax attention on [B, L, H, D] operands; see `heads_major_attention`."""
-  q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q_BxQxHxD, k_BxKxHxD, v_BxKxHxD))
-  out_BxHxQxD = heads_major_attention(q, k, v, mask=mask, bias=bias, scale=scale,
-                                      dropout=dropout, dropout_key=dropout_key, dtype=dtype,
-                                      causal_blocks=causal_blocks)
-  return jnp.swapaxes(out_BxHxQxD, 1, 2)
-
-
 def heads_major_attention(q_BxHxQxD: jax.Array, k_BxHxKxD: jax.Array, v_BxHxKxD: jax.Array,
                           *, mask: jax.Array | None, bias: jax.Array | None, scale: float,
                           dropout: nnx.Dropout, dropout_key: jax.Array | None,

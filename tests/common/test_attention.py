@@ -15,7 +15,7 @@ from common.attention import (
   MultiHeadAttention,
   add_shared_bias,
   causal_attention_blocks,
-  dot_product_attention,
+  heads_major_attention,
   make_mask,
 )
 
@@ -94,22 +94,23 @@ def test_causal_blocks_equal_full_causal_attention():
   # changes nothing for queries that may attend (padding queries are fully masked either way).
   seg = jnp.array([[1] * 5 + [2] * 6 + [0] * 1, [1] * 12], jnp.int32)
   mask = make_mask(seg, seg, causal=True)
-  q, k, v, w = (jax.random.normal(jax.random.key(i), (2, 12, 2, 4)) for i in range(4))
+  q, k, v, w = (jax.random.normal(jax.random.key(i), (2, 2, 12, 4)) for i in range(4))  # BxHxLxD
   bias = jax.random.normal(jax.random.key(9), (1, 2, 12, 12))
   drop = nnx.Dropout(0.0)
 
   def f(blocks):
     def loss(q, k, v, bias):
-      out = dot_product_attention(q, k, v, mask=mask, bias=bias, scale=0.5, dropout=drop,
+      out = heads_major_attention(q, k, v, mask=mask, bias=bias, scale=0.5, dropout=drop,
                                   dropout_key=None, dtype=jnp.float32, causal_blocks=blocks)
-      return jnp.sum(w * out * (seg > 0)[:, :, None, None]), out
+      return jnp.sum(w * out * (seg > 0)[:, None, :, None]), out
     return jax.value_and_grad(loss, (0, 1, 2, 3), has_aux=True)(q, k, v, bias)
 
   (_, full), full_grads = f(1)
   for blocks in (2, 3, 4):
     (_, out), grads = f(blocks)
     real = np.asarray(seg > 0)
-    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(full)[real], atol=1e-5)
+    np.testing.assert_allclose(np.swapaxes(np.asarray(out), 1, 2)[real],
+                               np.swapaxes(np.asarray(full), 1, 2)[real], atol=1e-5)
     for g, want in zip(grads, full_grads):
       np.testing.assert_allclose(g, want, atol=1e-5)
   with pytest.raises(ValueError, match="causal_blocks=5"):
