@@ -95,7 +95,7 @@ def heads_major_attention(q_BxHxQxD: jax.Array, k_BxHxKxD: jax.Array, v_BxHxKxD:
   """
   n_q = q_BxHxQxD.shape[2]
   if causal_blocks <= 1:
-    return _attend(q_BxHxQxD, k_BxHxKxD, v_BxHxKxD, mask=mask, bias=bias, scale=scale,
+    return attend(q_BxHxQxD, k_BxHxKxD, v_BxHxKxD, mask=mask, bias=bias, scale=scale,
                    dropout=dropout, dropout_key=dropout_key, dtype=dtype)
   if n_q != k_BxHxKxD.shape[2] or n_q % causal_blocks:
     raise ValueError(f"causal_blocks={causal_blocks} needs as many queries as keys and a "
@@ -104,7 +104,7 @@ def heads_major_attention(q_BxHxQxD: jax.Array, k_BxHxKxD: jax.Array, v_BxHxKxD:
   outs = []
   for i in range(causal_blocks):
     rows, end = slice(i * size, (i + 1) * size), (i + 1) * size
-    outs.append(_attend(
+    outs.append(attend(
         q_BxHxQxD[:, :, rows], k_BxHxKxD[:, :, :end], v_BxHxKxD[:, :, :end],
         mask=None if mask is None else mask[:, :, rows, :end],
         bias=None if bias is None else bias[:, :, rows, :end], scale=scale, dropout=dropout,
@@ -113,8 +113,10 @@ def heads_major_attention(q_BxHxQxD: jax.Array, k_BxHxKxD: jax.Array, v_BxHxKxD:
   return jnp.concatenate(outs, axis=2)
 
 
-def _attend(q_BxHxQxD, k_BxHxKxD, v_BxHxKxD, *, mask, bias, scale, dropout, dropout_key,
-            dtype) -> jax.Array:
+def attend(q_BxHxQxD: jax.Array, k_BxHxKxD: jax.Array, v_BxHxKxD: jax.Array, *,
+           mask: jax.Array | None, bias: jax.Array | None, scale: float, dropout: nnx.Dropout,
+           dropout_key: jax.Array | None, dtype: jnp.dtype) -> jax.Array:
+  """Softmax attention of all queries over all keys (`heads_major_attention` without blocks)."""
   logits_BxHxQxK = jnp.einsum("bhqd,bhkd->bhqk", q_BxHxQxD, k_BxHxKxD,
                               preferred_element_type=jnp.float32) * scale
   if bias is not None and bias.shape[0] == 1 and logits_BxHxQxK.shape[0] > 1:

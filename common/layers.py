@@ -96,6 +96,13 @@ class Embed(nnx.Module):
         (((x_BxLxD.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
 
+def _along(v_D: jax.Array, ndim: int, axis: int) -> jax.Array:
+  """A per-feature vector shaped to broadcast along `axis` of an `ndim`-dim array."""
+  shape = [1] * ndim
+  shape[axis] = v_D.shape[0]
+  return v_D.reshape(shape)
+
+
 class LayerNorm(nnx.Module):
   """LayerNorm computed in fp32 (statistics in low precision lose too much)."""
 
@@ -105,13 +112,14 @@ class LayerNorm(nnx.Module):
     self.bias = param(rngs, nnx.initializers.zeros, (features,), ("embed",)) if use_bias else None
     self.eps, self.dtype = eps, dtype
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, axis: int = -1) -> jax.Array:
+    """Normalises over `axis` (0 for feature-major [D, B] decoding activations)."""
     x = x.astype(jnp.float32)
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...]
+    mean = x.mean(axis, keepdims=True)
+    var = jnp.square(x - mean).mean(axis, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps) * _along(self.scale[...], x.ndim, axis)
     if self.bias is not None:
-      y = y + self.bias[...]
+      y = y + _along(self.bias[...], x.ndim, axis)
     return y.astype(self.dtype)
 
 
@@ -123,10 +131,10 @@ class RMSNorm(nnx.Module):
     self.scale = param(rngs, nnx.initializers.ones, (features,), ("embed",))
     self.eps, self.dtype = eps, dtype
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, axis: int = -1) -> jax.Array:
     x = x.astype(jnp.float32)
-    y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps) * self.scale[...]
-    return y.astype(self.dtype)
+    y = x * jax.lax.rsqrt(jnp.square(x).mean(axis, keepdims=True) + self.eps)
+    return (y * _along(self.scale[...], x.ndim, axis)).astype(self.dtype)
 
 
 def make_norm(kind: str, features: int, *, rngs: nnx.Rngs, eps: float, use_bias: bool,

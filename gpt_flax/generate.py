@@ -33,7 +33,7 @@ from absl import app, flags
 from flax import nnx
 from jax.sharding import Mesh
 
-from common import allocator, checkpoint, decoding, entry, sharding, trainer
+from common import allocator, checkpoint, decoding, entry, feature_major, sharding, trainer
 from common import config as config_lib
 from common.attention import KVCache, LayerCaches
 from common.vocab import Vocabulary, load_vocab
@@ -76,13 +76,17 @@ class Decoder:
   Through the scanned stack, XLA copies every layer's weights and whole KV cache out of the
   stacked arrays at every decoded token (and the cache back in). Here each layer's weights are
   sliced once, before the decode loop, and each layer owns a cache buffer that a step updates
-  in place. Returns the logits of the last position only (all decoding reads), so a prefill
-  skips the vocabulary projection of the other prompt positions.
+  in place. One-token steps run feature-major (`common/feature_major.py`: weights transposed
+  once here, activations [D, B]), which streams the weights ~1.5x faster on CPU. Returns the
+  logits of the last position only (all decoding reads), so a prefill skips the vocabulary
+  projection of the other prompt positions.
   """
 
   def __init__(self, net: GPT):
     self.net = net
     self.layers = net.layers.unstacked()
+    dtype = jnp.dtype(net.cfg.dtype)
+    self.step_weights = [feature_major.prepare(layer, dtype) for layer in self.layers]
 
   def init_cache(self, batch: int, max_len: int) -> LayerCaches:
     c = self.net.cfg
@@ -94,14 +98,29 @@ class Decoder:
     """fp32 logits [B, 1, V] of the last position, and the cache with the T tokens added."""
     net = self.net
     x = net.embed(tokens_BxT) + net.pos_embed(positions_BxT)
-    x = sharding.constrain(x, ("batch", "length", "act_embed"))
     slots, mask = cache.step_mask(segment_ids_BxT)
     kvs = []
-    for layer, kv in zip(self.layers, cache.kv):
-      kv = KVCache(*(sharding.constrain(c, ("batch", "act_heads", "kv_length", "kv")) for c in kv))
-      x, kv = layer(x, mask=mask, cache=kv, cache_index=cache.index)
-      kvs.append(kv)
-    logits = net.embed.attend(net.final_norm(x[:, -1:]))
+    caches = [KVCache(*(sharding.constrain(c, ("batch", "act_heads", "kv_length", "kv"))
+                        for c in kv)) for kv in cache.kv]
+    if tokens_BxT.shape[1] == 1:
+      x_DxB = sharding.constrain(x[:, 0].T, ("act_embed", "batch"))
+      for layer, w, kv in zip(self.layers, self.step_weights, caches):
+        x_DxB, kv = feature_major.layer_step(layer, w, x_DxB, cache=kv,
+                                             cache_index=cache.index, mask_Bx1x1xL=mask)
+        kvs.append(kv)
+      h_DxB = net.final_norm(x_DxB, axis=0)
+      logits_VxB = jax.lax.dot_general(
+          net.embed.embedding[...].astype(net.embed.dtype), h_DxB.astype(net.embed.dtype),
+          (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+      # The barrier keeps XLA from folding the transpose into the matmul, which would turn it
+      # back into the slow [B, D] x [V, D] form.
+      logits = jax.lax.optimization_barrier(logits_VxB).T[:, None]
+    else:
+      x = sharding.constrain(x, ("batch", "length", "act_embed"))
+      for layer, kv in zip(self.layers, caches):
+        x, kv = layer(x, mask=mask, cache=kv, cache_index=cache.index)
+        kvs.append(kv)
+      logits = net.embed.attend(net.final_norm(x[:, -1:]))
     logits = sharding.constrain(logits, ("batch", "length", "act_vocab"))
     return logits, LayerCaches(tuple(kvs), slots.segment_ids,
                                cache.index + tokens_BxT.shape[1])

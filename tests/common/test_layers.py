@@ -41,6 +41,17 @@ def test_layernorm_and_rmsnorm_match_numpy():
   np.testing.assert_allclose(rms(jnp.asarray(x)), want, atol=1e-5)
 
 
+def test_norms_over_the_feature_axis_of_feature_major_activations():
+  """axis=0 on [D, B] (feature-major decoding) equals the usual axis=-1 on [B, D]."""
+  x = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32) * 3 + 1
+  for make in (lambda r: LayerNorm(16, rngs=r), lambda r: RMSNorm(16, rngs=r)):
+    norm = _make(make)
+    nnx.update(norm, jax.tree.map(lambda p: p + jnp.arange(16.0) / 16,
+                                  nnx.state(norm, nnx.Param)))  # non-trivial scale and bias
+    np.testing.assert_allclose(norm(jnp.asarray(x.T), axis=0).T, norm(jnp.asarray(x)),
+                               atol=1e-6)
+
+
 def test_embed_attend_is_tied():
   emb = _make(lambda r: Embed(10, 4, rngs=r))
   x = jnp.ones((1, 1, 4))

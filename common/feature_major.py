@@ -1,0 +1,91 @@
+"""One-token decoding step of a pre-LN layer stack with activations feature-major ([D, B]).
+
+Why: a decoding step multiplies a handful of rows (the batch) by every weight matrix, so its
+time is the time to stream the weights. XLA:CPU streams an [out, in] weight against [in, B]
+activations ~1.5x faster than [B, in] activations against an [in, out] weight (15-16 vs 9-10
+GB/s at B = 8, `benchmarks/matvec_bandwidth.py`). So the weights are transposed (and q/k/v
+concatenated into one matrix) once per generate call by `prepare`, and `layer_step` keeps the
+activations [D, B] through the layer; only the per-head attention over the KV cache runs
+batch-major, on the same `KVCache` buffers ([B, H, max_len, D_head]) the prefill fills.
+
+The math is `TransformerLayer.__call__` with a cache (pre-LN, no dropout): same parameters,
+same dtypes and accumulation, equal logits (tests/common/test_feature_major.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from common import sharding
+from common.attention import KVCache, attend
+from common.layers import ACTIVATIONS, Dense
+from common.transformer import TransformerLayer
+
+StepWeights = dict[str, Any]
+
+
+def supports(layer: TransformerLayer) -> bool:
+  """Pre-LN self-attention layers (GPT's); others decode through the module itself."""
+  return layer.pre_norm and layer.cross_attn is None
+
+
+def prepare(layer: TransformerLayer, dtype: jnp.dtype) -> StepWeights:
+  """Transposed (and q/k/v-fused) weights of `layer`, in the compute dtype, built once before
+  a decode loop: per token they would be re-transposed (a copy of every weight)."""
+  if not supports(layer):
+    raise ValueError("feature-major decoding needs a pre-LN layer without cross-attention")
+  a, m = layer.attn, layer.mlp
+  t = lambda d: d.kernel[...].reshape(_in_size(d), -1).T.astype(dtype)
+  bias = lambda d: None if d.bias is None else d.bias[...].reshape(-1, 1).astype(dtype)
+  qkv = (a.query, a.key, a.value)
+  w = {"qkv": jnp.concatenate([t(d) for d in qkv]), "out": t(a.out), "wi": t(m.wi),
+       "wo": t(m.wo), "wi_gate": None if m.wi_gate is None else t(m.wi_gate)}
+  b = {"qkv": None if a.query.bias is None else jnp.concatenate([bias(d) for d in qkv]),
+       "out": bias(a.out), "wi": bias(m.wi), "wo": bias(m.wo),
+       "wi_gate": None if m.wi_gate is None else bias(m.wi_gate)}
+  return {"w": w, "b": b}
+
+
+def _in_size(d: Dense) -> int:
+  size = 1
+  for n in d.in_shape:
+    size *= n
+  return size
+
+
+def _proj(w: StepWeights, name: str, x_KxB: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """[N, K] @ [K, B] accumulated in fp32, cast to the compute dtype, plus the bias (`Dense`)."""
+  y = jax.lax.dot_general(w["w"][name], x_KxB.astype(dtype), (((1,), (0,)), ((), ())),
+                          preferred_element_type=jnp.float32).astype(dtype)
+  return y if w["b"][name] is None else y + w["b"][name]
+
+
+def layer_step(layer: TransformerLayer, w: StepWeights, x_DxB: jax.Array, *, cache: KVCache,
+               cache_index: jax.Array, mask_Bx1x1xL: jax.Array) -> tuple[jax.Array, KVCache]:
+  """One decoded token per row through `layer`: returns x [D, B] and the cache with this
+  token's keys/values written at `cache_index`."""
+  a = layer.attn
+  dtype = a.dtype
+  num_heads, head_dim = a.query.out_shape
+  batch = x_DxB.shape[1]
+  h = layer.attn_norm(x_DxB, axis=0)
+  qkv_3xHxDxB = _proj(w, "qkv", h, dtype).reshape(3, num_heads, head_dim, batch)
+  q, k, v = jnp.transpose(qkv_3xHxDxB, (0, 3, 1, 2))[:, :, :, None]  # 3 x [B, H, 1, Dh]
+  start = (0, 0, cache_index, 0)
+  cache = KVCache(jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start),
+                  jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start))
+  out_BxHx1xD = attend(q, cache.k, cache.v, mask=mask_Bx1x1xL, bias=None, scale=a.scale,
+                       dropout=a.dropout, dropout_key=None, dtype=dtype)
+  out_HDxB = out_BxHx1xD.reshape(batch, num_heads * head_dim).T
+  x_DxB = x_DxB + _proj(w, "out", out_HDxB, dtype)
+  x_DxB = sharding.constrain(x_DxB, ("act_embed", "batch"))
+  h = layer.mlp_norm(x_DxB, axis=0)
+  mlp = layer.mlp
+  hidden = ACTIVATIONS[mlp.act](_proj(w, "wi", h, dtype))
+  if mlp.wi_gate is not None:
+    hidden = hidden * _proj(w, "wi_gate", h, dtype)
+  x_DxB = x_DxB + _proj(w, "wo", hidden, dtype)
+  return sharding.constrain(x_DxB, ("act_embed", "batch")), cache
