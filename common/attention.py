@@ -225,6 +225,14 @@ class LayerCaches(NamedTuple):
     seg, mask = _step_mask(self.segment_ids, self.index, segment_ids_BxT)
     return self._replace(segment_ids=seg), mask
 
+  def extend(self, slots: int) -> "LayerCaches":
+    """The same cache with `slots` more empty slots at the end. A decoding step attends over
+    the whole buffer, so decoding grows it in phases (`decoding.generate`'s `phase_ends`)
+    rather than reading a full-length buffer from the first token on."""
+    pad = lambda a, axis: jnp.pad(a, [(0, slots if i == axis else 0) for i in range(a.ndim)])
+    kv = tuple(KVCache(pad(c.k, 2), pad(c.v, 2)) for c in self.kv)
+    return self._replace(kv=kv, segment_ids=pad(self.segment_ids, 1))
+
 
 def _step_mask(slots_BxL: jax.Array, index: jax.Array, segment_ids_BxT: jax.Array
                ) -> tuple[jax.Array, jax.Array]:

@@ -68,15 +68,30 @@ def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, t
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def phase_ends(max_new_tokens: int, phases: int, min_steps: int = 16) -> list[int]:
+  """Ends (in new tokens) of up to `phases` equal decoding phases of >= `min_steps` steps."""
+  n = max(1, min(phases, max_new_tokens // min_steps))
+  return [round(max_new_tokens * (j + 1) / n) for j in range(n)]
+
+
 def generate(step_fn: StepFn, cache: Any, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, *,
              max_new_tokens: int, key: jax.Array, eos_id: int, pad_id: int = 0,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             vocab_size: int | None = None) -> tuple[jax.Array, jax.Array]:
+             vocab_size: int | None = None,
+             phase_ends: list[int] | None = None) -> tuple[jax.Array, jax.Array]:
   """Prefills the prompt, then decodes one token per step until EOS or `max_new_tokens`.
 
   Returns (tokens [B, max_new_tokens] padded with `pad_id` after EOS, lengths [B] counting
   the EOS). Traceable: call it inside `jax.jit` with the sampling options static.
+
+  `phase_ends` (from `phase_ends()`): decode in phases, one loop each, with the cache grown by
+  `cache.extend(slots)` between them. The cache passed in then holds the prompt plus the first
+  phase's tokens, so early steps attend over a short buffer instead of the full length (each
+  phase compiles its own loop body).
   """
+  ends = phase_ends or [max_new_tokens]
+  if ends[-1] != max_new_tokens or any(b <= a for a, b in zip([0] + ends, ends)):
+    raise ValueError(f"phase_ends={ends} must increase to max_new_tokens={max_new_tokens}")
   batch = prompt_BxP.shape[0]
   positions = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=1) - 1, 0)
   logits, cache = step_fn(prompt_BxP, positions, prompt_mask_BxP, cache)
@@ -103,7 +118,11 @@ def generate(step_fn: StepFn, cache: Any, prompt_BxP: jax.Array, prompt_mask_BxP
     return (i < max_new_tokens) & ~jnp.all(done)
 
   carry = (jnp.zeros((), jnp.int32), logits[:, -1], cache, out, done, lengths, key)
-  _, _, _, out, _, lengths, _ = jax.lax.while_loop(cond, body, carry)
+  for j, end in enumerate(ends):
+    if j:
+      carry = carry[:2] + (carry[2].extend(end - ends[j - 1]),) + carry[3:]
+    carry = jax.lax.while_loop(lambda c, end=end: cond(c) & (c[0] < end), body, carry)
+  _, _, _, out, _, lengths, _ = carry
   return out, lengths
 
 

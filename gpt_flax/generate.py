@@ -41,6 +41,9 @@ from gpt_flax.model import GPTModel
 from gpt_flax.network import GPT
 
 PROMPT_BUCKET = 32  # padded prompt lengths are multiples of this: few compiled shapes
+# The KV cache grows in up to this many phases (`decoding.generate`): a step reads the cache up
+# to its phase's end, not the whole buffer (GPT bench, 128 new tokens: -0.6 ms per step).
+DECODE_PHASES = 4
 
 
 def inference_params(params: Any, dtype: str) -> Any:
@@ -127,13 +130,14 @@ class Decoder:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id", "temperature",
-                                             "top_k", "top_p", "vocab_size"))
+                                             "top_k", "top_p", "vocab_size", "phases"))
 def _generate_jit(graphdef, params, prompt_BxP, mask_BxP, seed, row_ids_B, *,
                   max_new_tokens: int, eos_id: int, temperature: float, top_k: int, top_p: float,
-                  vocab_size: int | None):
+                  vocab_size: int | None, phases: int):
   dtype = nnx.merge(graphdef, params).cfg.dtype
   decoder = Decoder(nnx.merge(graphdef, inference_params(params, dtype)))
-  cache = decoder.init_cache(prompt_BxP.shape[0], prompt_BxP.shape[1] + max_new_tokens)
+  ends = decoding.phase_ends(max_new_tokens, phases)
+  cache = decoder.init_cache(prompt_BxP.shape[0], prompt_BxP.shape[1] + ends[0])
   keys_B = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(row_ids_B)
 
   def step_fn(tokens, positions, segment_ids, cache):
@@ -147,7 +151,7 @@ def _generate_jit(graphdef, params, prompt_BxP, mask_BxP, seed, row_ids_B, *,
   # Sampling happened in step_fn; the shared loop takes the argmax (and masks padded ids).
   return decoding.generate(step_fn, cache, prompt_BxP, mask_BxP, max_new_tokens=max_new_tokens,
                            key=jax.random.key(0), eos_id=eos_id, temperature=0.0,
-                           vocab_size=vocab_size)
+                           vocab_size=vocab_size, phase_ends=ends)
 
 
 def check_sampling(*, max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
@@ -173,7 +177,8 @@ def generate_tokens(graphdef, params, prompts: list[list[int]], *, max_len: int,
                     max_new_tokens: int, eos_id: int, seed: int = 0, temperature: float = 0.0,
                     top_k: int = 0, top_p: float = 1.0, vocab_size: int | None = None,
                     batch_size: int | None = None, mesh: Mesh | None = None,
-                    rules: sharding.Rules | None = None) -> list[list[int]]:
+                    rules: sharding.Rules | None = None,
+                    phases: int = DECODE_PHASES) -> list[list[int]]:
   """Continuations (without the EOS) of ragged token prompts, decoded `batch_size` at a time.
 
   With `mesh`, prompts are sharded over its data axes (each batch padded to a multiple of
@@ -203,7 +208,7 @@ def generate_tokens(graphdef, params, prompts: list[list[int]], *, max_len: int,
       out, lengths = _generate_jit(
           graphdef, params, place(tokens), place(mask), jnp.asarray(seed, jnp.int32),
           place(row_ids), max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
-          top_k=top_k, top_p=top_p, vocab_size=vocab_size)
+          top_k=top_k, top_p=top_p, vocab_size=vocab_size, phases=phases)
       out, lengths = jax.device_get((out, lengths))
       results += [[int(t) for t in row[:n] if t != eos_id]
                   for row, n in zip(out[:real], lengths[:real])]

@@ -55,3 +55,54 @@ def test_ids_past_the_tokenizer_vocabulary_are_never_sampled():
     tok = decoding.sample_token(logits, jax.random.key(0), temperature=temperature, top_k=0,
                                 top_p=1.0, vocab_size=8)
     assert np.all(np.asarray(tok) < 8)
+
+
+class _GrowingCache:
+  """A toy cache whose buffer grows by `extend`; a step writes its tokens at `index`."""
+
+  def __init__(self, buf, index):
+    self.buf, self.index = buf, index
+
+  def extend(self, slots):
+    return _GrowingCache(jnp.pad(self.buf, ((0, 0), (0, slots))), self.index)
+
+
+jax.tree_util.register_pytree_node(
+    _GrowingCache, lambda c: ((c.buf, c.index), None), lambda _, xs: _GrowingCache(*xs))
+
+
+def test_phased_decoding_grows_the_cache_and_keeps_the_tokens():
+  """generate with phase_ends [2, 5, 7] decodes the same tokens as one phase, stops at EOS
+  across a phase boundary, and the cache ends as long as prompt + max_new_tokens."""
+  vocab, prompt_len = 20, 2
+  lengths_seen = []
+
+  def step_fn(tokens, positions, segment_ids, cache):
+    n = tokens.shape[1]
+    lengths_seen.append(cache.buf.shape[1])
+    buf = jax.lax.dynamic_update_slice(cache.buf, tokens, (0, cache.index))
+    nxt = jnp.where(tokens[:, -1:] == 9, 1, (tokens[:, -1:] + 1) % vocab)  # EOS after 9
+    return jax.nn.one_hot(nxt, vocab) * 10, _GrowingCache(buf, cache.index + n)
+
+  prompt, mask = decoding.left_pad([[2, 3], [5, 6]])
+  kw = dict(max_new_tokens=7, key=jax.random.key(0), eos_id=1)
+  whole = _GrowingCache(jnp.zeros((2, prompt_len + 7), jnp.int32), 0)
+  want = decoding.generate(step_fn, whole, jnp.asarray(prompt), jnp.asarray(mask), **kw)
+  lengths_seen.clear()
+  first = _GrowingCache(jnp.zeros((2, prompt_len + 2), jnp.int32), 0)
+  got = decoding.generate(step_fn, first, jnp.asarray(prompt), jnp.asarray(mask),
+                          phase_ends=[2, 5, 7], **kw)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
+  np.testing.assert_array_equal(got[0], [[4, 5, 6, 7, 8, 9, 1], [7, 8, 9, 1, 0, 0, 0]])
+  assert lengths_seen == [4, 4, 7, 9]  # prefill, then one traced body per phase
+  with pytest.raises(ValueError, match="must increase to max_new_tokens=7"):
+    decoding.generate(step_fn, first, jnp.asarray(prompt), jnp.asarray(mask),
+                      phase_ends=[2, 2, 7], **kw)
+
+
+def test_phase_ends():
+  assert decoding.phase_ends(128, 4) == [32, 64, 96, 128]
+  assert decoding.phase_ends(40, 4) == [20, 40]  # phases of at least 16 steps
+  assert decoding.phase_ends(8, 4) == [8]
+  assert decoding.phase_ends(100, 3) == [33, 67, 100]
