@@ -1,8 +1,11 @@
 """The memory floor under batch-8 generation on this CPU: how fast XLA streams weights through
-small-batch fp32 matmuls, beside a plain streaming reduction of the same kind of memory.
+small-batch fp32 matmuls, in both layouts, beside a plain streaming reduction.
 
-A GPT decoding step with batch 8 reads every weight once ([8, d] @ [d, n] matmuls), so
-(weight bytes) / (this rate) bounds the time per token step from below (README, GPT generation).
+A GPT decoding step with batch 8 reads every weight once, so (weight bytes) / (this rate)
+bounds the time per token step from below (README, GPT generation). Two layouts of the same
+product: batch-major [8, d] @ [d, n] (the training layout), and feature-major [n, d] @ [d, 8]
+(transposed weights against transposed activations), which `common/feature_major.py` decodes in
+because XLA:CPU streams it faster.
 
   PYTHONPATH=. python benchmarks/matvec_bandwidth.py [--rows 8 --repeats 5]
 """
@@ -45,11 +48,16 @@ def main(argv=None) -> None:
   for n in (2048, 8192):
     # 24 distinct [512, n] weights (more bytes than the caches hold), as a decoding step reads.
     ws = [jax.random.normal(jax.random.key(i), (512, n)) for i in range(24)]
+    ws_t = [jnp.asarray(w.T.copy()) for w in ws]
     h = jax.random.normal(jax.random.key(99), (a.rows, 512))
-    s = _seconds(jax.jit(lambda h, *ws: [h @ w for w in ws]), h, *ws, repeats=a.repeats)
     mb = 24 * 512 * n * 4 / 1e6
-    print(f"24 x [{a.rows}, 512] @ [512, {n}]: {mb:.0f} MB of weights in {s * 1e3:.1f} ms = "
-          f"{mb / 1e3 / s:.1f} GB/s")
+    s = _seconds(jax.jit(lambda h, *ws: [h @ w for w in ws]), h, *ws, repeats=a.repeats)
+    print(f"24 x [{a.rows}, 512] @ [512, {n}] (batch-major): {mb:.0f} MB of weights in "
+          f"{s * 1e3:.1f} ms = {mb / 1e3 / s:.1f} GB/s")
+    h_t = jnp.asarray(h.T.copy())
+    s = _seconds(jax.jit(lambda h, *ws: [w @ h for w in ws]), h_t, *ws_t, repeats=a.repeats)
+    print(f"24 x [{n}, 512] @ [512, {a.rows}] (feature-major): {mb:.0f} MB of weights in "
+          f"{s * 1e3:.1f} ms = {mb / 1e3 / s:.1f} GB/s")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ class Bert(nnx.Module):
     keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
     x = self.embeddings(tokens_BxL, type_ids_BxL, positions_BxL, dropout_key=keys[0])
     mask = make_mask(segment_ids_BxL, segment_ids_BxL, causal=False)
-    x, _ = self.encoder(x, mask=mask, dropout_key=keys[1])
+    x = self.encoder(x, mask=mask, dropout_key=keys[1])
     return self.final_norm(x) if self.final_norm is not None else x
 
   def mlm_logits(self, hidden_BxLxD: jax.Array, positions_BxP: jax.Array) -> jax.Array:

@@ -181,34 +181,12 @@ class MultiHeadAttention(nnx.Module):
     return self.out(jnp.swapaxes(out, 1, 2)), cache
 
 
-class DecoderCache(NamedTuple):
-  """Everything incremental decoding carries between steps for a whole layer stack.
-
-  `kv` holds every layer's keys/values stacked on a leading layer axis; `segment_ids` marks
-  which buffer slots hold real tokens (0 = empty or padding, so left-padded ragged prompts
-  are simply masked); `index` is the next slot to write.
-  """
-  kv: KVCache
-  segment_ids: jax.Array
-  index: jax.Array
-
-  @classmethod
-  def zeros(cls, num_layers: int, batch: int, max_len: int, num_heads: int, head_dim: int,
-            dtype: jnp.dtype) -> "DecoderCache":
-    kv = KVCache.zeros(batch, max_len, num_heads, head_dim, dtype)
-    kv = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_layers,) + a.shape), kv)
-    return cls(kv, jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((), jnp.int32))
-
-  def step_mask(self, segment_ids_BxT: jax.Array) -> tuple["DecoderCache", jax.Array]:
-    """Records the new tokens' segment ids and returns the causal mask over the buffer."""
-    seg, mask = _step_mask(self.segment_ids, self.index, segment_ids_BxT)
-    return self._replace(segment_ids=seg), mask
-
-
 class LayerCaches(NamedTuple):
-  """`DecoderCache` for a stack decoded layer by layer (`LayerStack.unstacked`): one KV buffer
-  per layer, so a decoding step updates each in place instead of slicing a stacked buffer out
-  and back (which copies every layer's whole cache per token)."""
+  """Everything incremental decoding carries between steps for a layer stack decoded layer by
+  layer (`LayerStack.unstacked`). One KV buffer per layer, so a step updates each in place
+  (slicing one out of a stacked buffer and back copies every layer's whole cache per token);
+  `segment_ids` marks which buffer slots hold real tokens (0 = empty or padding, so
+  left-padded ragged prompts are simply masked); `index` is the next slot to write."""
   kv: tuple[KVCache, ...]
   segment_ids: jax.Array
   index: jax.Array

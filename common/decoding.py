@@ -15,8 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.attention import DecoderCache
-
 StepFn = Callable[[jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 
 
@@ -137,14 +135,10 @@ def brevity_penalty(length: jax.Array | int, alpha: float) -> jax.Array:
 def reorder_cache(cache: Any, rows: jax.Array) -> Any:
   """Selects batch rows `rows` of a decoding cache (beam search follows its parent beams).
 
-  A `DecoderCache` keeps the layer axis first on its keys/values; any other pytree is taken
-  to have the batch axis first on every non-scalar leaf.
+  Every non-scalar leaf of the cache pytree has the batch axis first (`LayerCaches` does).
   """
   if cache is None:
     return None
-  if isinstance(cache, DecoderCache):
-    kv = jax.tree.map(lambda a: jnp.take(a, rows, axis=1), cache.kv)
-    return cache._replace(kv=kv, segment_ids=jnp.take(cache.segment_ids, rows, axis=0))
   return jax.tree.map(lambda a: jnp.take(a, rows, axis=0) if a.ndim else a, cache)
 
 

@@ -127,30 +127,26 @@ class LayerStack(nnx.Module):
     return [nnx.merge(graphdef, jax.tree.map(operator.itemgetter(i), state))
             for i in range(self.num_layers)]
 
-  def __call__(self, x_BxLxD: jax.Array, *, caches: KVCache | None = None,
-               dropout_key: jax.Array | None = None, **kwargs: Any
-               ) -> tuple[jax.Array, KVCache | None]:
-    """`caches` holds every layer's cache stacked on a leading layer axis."""
+  def __call__(self, x_BxLxD: jax.Array, *, dropout_key: jax.Array | None = None,
+               **kwargs: Any) -> jax.Array:
+    """Whole sequences through every layer (training, scoring, prefill-free encoding);
+    cached decoding runs the `unstacked` layers one by one instead."""
     keys = jax.random.split(dropout_key, self.num_layers) if dropout_key is not None else None
     policy = REMAT_POLICIES[self.remat_policy]
 
-    def run(graphdef, state, x, key, cache):
-      def f(state, x, key, cache):
-        return nnx.merge(graphdef, state)(x, cache=cache, dropout_key=key, **kwargs)
+    def run(graphdef, state, x, key):
+      def f(state, x, key):
+        return nnx.merge(graphdef, state)(x, dropout_key=key, **kwargs)[0]
       if self.remat_policy != "none":
         f = jax.checkpoint(f, policy=policy)
-      return f(state, x, key, cache)
+      return f(state, x, key)
 
     if self.scan:
       graphdef, state = nnx.split(self.layers)
-      body = lambda x, xs: run(graphdef, *((xs[0], x) + xs[1:]))
-      return jax.lax.scan(body, x_BxLxD, (state, keys, caches))
+      body = lambda x, xs: (run(graphdef, xs[0], x, xs[1]), None)
+      return jax.lax.scan(body, x_BxLxD, (state, keys))[0]
 
-    new_caches = []
     x = x_BxLxD
     for i, layer in enumerate(self.layers):
-      cache = None if caches is None else jax.tree.map(lambda c: c[i], caches)
-      x, c = run(*nnx.split(layer), x, None if keys is None else keys[i], cache)
-      new_caches.append(c)
-    stacked = None if caches is None else jax.tree.map(lambda *c: jnp.stack(c), *new_caches)
-    return x, stacked
+      x = run(*nnx.split(layer), x, None if keys is None else keys[i])
+    return x

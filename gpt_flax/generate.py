@@ -74,9 +74,9 @@ def sampling_logits(logits_BxV: jax.Array, keys_B: jax.Array, positions_B: jax.A
 
 
 class Decoder:
-  """GPT's cached forward pass (`GPT.__call__` with a cache) with the layer stack unrolled.
+  """GPT's forward pass with a KV cache, on the network's own modules, layers unrolled.
 
-  Through the scanned stack, XLA copies every layer's weights and whole KV cache out of the
+  Through a scanned stack, XLA would copy every layer's weights and whole KV cache out of the
   stacked arrays at every decoded token (and the cache back in). Here each layer's weights are
   sliced once, before the decode loop, and each layer owns a cache buffer that a step updates
   in place. One-token steps run feature-major (`common/feature_major.py`: weights transposed

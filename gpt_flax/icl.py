@@ -226,7 +226,7 @@ def _sequence_logprobs(graphdef, params, inputs_BxL, targets_BxL, segment_ids_Bx
   dtype = nnx.merge(graphdef, params).cfg.dtype
   net = nnx.merge(graphdef, gen.inference_params(params, dtype))
   positions = jnp.broadcast_to(jnp.arange(inputs_BxL.shape[1]), inputs_BxL.shape)
-  logits, _ = net(inputs_BxL, positions_BxL=positions, segment_ids_BxL=segment_ids_BxL)
+  logits = net(inputs_BxL, positions_BxL=positions, segment_ids_BxL=segment_ids_BxL)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   token_logp = jnp.take_along_axis(logp, targets_BxL[..., None], axis=-1)[..., 0]
   return jnp.sum(token_logp * weights_BxL, axis=-1)

@@ -34,7 +34,7 @@ class GPTModel:
 
   def logits(self, network: GPT, batch: dict, *, dropout_key: jax.Array | None = None) -> jax.Array:
     return network(batch["inputs"], positions_BxL=batch["positions"],
-                   segment_ids_BxL=batch["segment_ids"], dropout_key=dropout_key)[0]
+                   segment_ids_BxL=batch["segment_ids"], dropout_key=dropout_key)
 
   def loss(self, network: GPT, batch: dict, *, dropout_key: jax.Array | None) -> dict:
     logits = self.logits(network, batch, dropout_key=dropout_key)

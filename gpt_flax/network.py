@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common import sharding
-from common.attention import DecoderCache, make_mask
+from common.attention import make_mask
 from common.layers import Embed, LayerNorm
 from common.transformer import LayerConfig, LayerStack
 
@@ -59,27 +59,14 @@ class GPT(nnx.Module):
     self.final_norm = LayerNorm(cfg.d_model, rngs=rngs, eps=cfg.norm_eps, dtype=dt)
 
   def __call__(self, tokens_BxL: jax.Array, *, positions_BxL: jax.Array,
-               segment_ids_BxL: jax.Array, cache: DecoderCache | None = None,
-               dropout_key: jax.Array | None = None) -> tuple[jax.Array, DecoderCache | None]:
+               segment_ids_BxL: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
     """fp32 logits [B, L, V]. Packed rows: attention stays within each segment (document).
-
-    With `cache`, tokens are appended at `cache.index` and attend to everything before.
-    """
+    (Cached decoding: `gpt_flax.generate.Decoder`, on the same modules.)"""
     keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
     x = self.embed(tokens_BxL) + self.pos_embed(positions_BxL)
     x = sharding.constrain(x, ("batch", "length", "act_embed"))
     x = self.dropout(x, deterministic=keys[0] is None, rngs=keys[0])
-    if cache is None:
-      mask = make_mask(segment_ids_BxL, segment_ids_BxL, causal=True)
-      x, _ = self.layers(x, mask=mask, causal=True, dropout_key=keys[1])
-    else:
-      cache, mask = cache.step_mask(segment_ids_BxL)
-      x, kv = self.layers(x, mask=mask, caches=cache.kv, cache_index=cache.index)
-      cache = cache._replace(kv=kv, index=cache.index + tokens_BxL.shape[1])
+    mask = make_mask(segment_ids_BxL, segment_ids_BxL, causal=True)
+    x = self.layers(x, mask=mask, causal=True, dropout_key=keys[1])
     logits = self.embed.attend(self.final_norm(x))
-    return sharding.constrain(logits, ("batch", "length", "act_vocab")), cache
-
-  def init_cache(self, batch: int, max_len: int) -> DecoderCache:
-    c = self.cfg
-    return DecoderCache.zeros(c.num_layers, batch, max_len, c.num_heads, c.head_dim,
-                              jnp.dtype(c.dtype))
+    return sharding.constrain(logits, ("batch", "length", "act_vocab"))

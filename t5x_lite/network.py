@@ -141,8 +141,8 @@ class T5(nnx.Module):
     x = self._dropout(self.embed(tokens_BxS), keys[0])
     x = sharding.constrain(x, ("batch", "length", "act_embed"))
     idx = jnp.arange(tokens_BxS.shape[1])
-    x, _ = self.encoder(x, mask=make_mask(segment_ids_BxS, segment_ids_BxS, causal=False),
-                        bias=self.encoder_relpos(idx, idx), dropout_key=keys[1])
+    x = self.encoder(x, mask=make_mask(segment_ids_BxS, segment_ids_BxS, causal=False),
+                     bias=self.encoder_relpos(idx, idx), dropout_key=keys[1])
     return self._dropout(self.encoder_norm(x), keys[2])
 
   def _logits(self, y_BxTxD: jax.Array) -> jax.Array:
@@ -160,7 +160,7 @@ class T5(nnx.Module):
     y = self._dropout(self.embed(tokens_BxT), keys[0])
     y = sharding.constrain(y, ("batch", "length", "act_embed"))
     idx = jnp.arange(tokens_BxT.shape[1])
-    y, _ = self.decoder(
+    y = self.decoder(
         y, mask=make_mask(segment_ids_BxT, segment_ids_BxT, causal=True), causal=True,
         bias=self.decoder_relpos(idx, idx), encoded_BxSxD=encoded_BxSxD,
         cross_mask=make_mask(segment_ids_BxT, encoder_segment_ids_BxS, causal=False),

@@ -10,8 +10,7 @@ import pytest
 from flax import nnx
 
 from common.attention import (
-  DecoderCache,
-  KVCache,
+  LayerCaches,
   MultiHeadAttention,
   add_shared_bias,
   causal_attention_blocks,
@@ -126,8 +125,8 @@ def test_kv_cache_matches_full_attention():
   x = jax.random.normal(jax.random.key(4), (2, 6, 32))
   seg = jnp.ones((2, 6), jnp.int32)
   full, _ = attn(x, mask=make_mask(seg, seg, causal=True))
-  cache = DecoderCache.zeros(1, 2, 8, 4, 8, jnp.float32)
-  kv = KVCache(cache.kv.k[0], cache.kv.v[0])
+  cache = LayerCaches.zeros(1, 2, 8, 4, 8, jnp.float32)
+  kv = cache.kv[0]
   outs = []
   # Prefill 3 tokens, then one at a time.
   for start, end in ((0, 3), (3, 4), (4, 5), (5, 6)):

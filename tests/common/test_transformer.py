@@ -34,7 +34,7 @@ def test_scanned_equals_looped():
   scanned, looped = _stack(True), _stack(False)
   _copy_scanned_into_loop(scanned, looped)
   x, mask = _inputs()
-  np.testing.assert_allclose(scanned(x, mask=mask)[0], looped(x, mask=mask)[0], atol=1e-5)
+  np.testing.assert_allclose(scanned(x, mask=mask), looped(x, mask=mask), atol=1e-5)
 
 
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
@@ -44,7 +44,7 @@ def test_remat_keeps_gradients(policy):
 
   def grad(stack):
     gd, params = nnx.split(stack)
-    return jax.grad(lambda p: nnx.merge(gd, p)(x, mask=mask)[0].sum())(params)
+    return jax.grad(lambda p: nnx.merge(gd, p)(x, mask=mask).sum())(params)
 
   for a, b in zip(jax.tree.leaves(grad(plain)), jax.tree.leaves(grad(remat))):
     np.testing.assert_allclose(a, b, atol=1e-5)
@@ -54,7 +54,7 @@ def test_post_ln_output_is_normalised():
   post = _stack(True, cfg=LayerConfig(d_model=32, num_heads=4, head_dim=8, d_ff=64,
                                       pre_norm=False))
   x, mask = _inputs()
-  y = post(x * 10, mask=mask)[0]
+  y = post(x * 10, mask=mask)
   np.testing.assert_allclose(y.mean(-1), 0, atol=1e-4)
   np.testing.assert_allclose(y.std(-1), 1, atol=1e-2)
 
@@ -64,8 +64,8 @@ def test_cross_attention_uses_encoder_output():
   x, mask = _inputs()
   enc = jax.random.normal(jax.random.key(5), (2, 7, 32))
   cross_mask = make_mask(jnp.ones((2, 5), jnp.int32), jnp.ones((2, 7), jnp.int32), causal=False)
-  a = stack(x, mask=mask, encoded_BxSxD=enc, cross_mask=cross_mask)[0]
-  b = stack(x, mask=mask, encoded_BxSxD=enc * 2, cross_mask=cross_mask)[0]
+  a = stack(x, mask=mask, encoded_BxSxD=enc, cross_mask=cross_mask)
+  b = stack(x, mask=mask, encoded_BxSxD=enc * 2, cross_mask=cross_mask)
   assert not np.allclose(a, b)
 
 
@@ -74,9 +74,9 @@ def test_dropout_needs_key_and_is_deterministic_per_key():
   stack = _stack(True, cfg=cfg)
   x, mask = _inputs()
   k = jax.random.key(7)
-  np.testing.assert_array_equal(stack(x, mask=mask, dropout_key=k)[0],
-                                stack(x, mask=mask, dropout_key=k)[0])
-  assert not np.allclose(stack(x, mask=mask, dropout_key=k)[0], stack(x, mask=mask)[0])
+  np.testing.assert_array_equal(stack(x, mask=mask, dropout_key=k),
+                                stack(x, mask=mask, dropout_key=k))
+  assert not np.allclose(stack(x, mask=mask, dropout_key=k), stack(x, mask=mask))
 
 
 def test_unknown_remat_policy():

@@ -1,7 +1,7 @@
 """GPT generation from a work dir: the CLI, sharded = single device, batch-invariant seeded
-sampling, filters through the decoding path, the unrolled `Decoder` = full forward, and bad
-input. (`GPT.__call__` with a cache = full forward and greedy ragged batches are in
-test_network.py; the filters alone in tests/common/test_decoding.py.)"""
+sampling, filters through the decoding path, the cached `Decoder` = full forward at every
+position, phased cache growth, and bad input. (Greedy ragged batches are in test_network.py;
+the filters alone in tests/common/test_decoding.py.)"""
 
 import functools
 import json
@@ -148,7 +148,7 @@ def test_bf16_params_cast_once_give_the_same_logits():
   tokens = jax.random.randint(jax.random.key(1), (2, 10), 4, 512)
   kw = dict(positions_BxL=jnp.broadcast_to(jnp.arange(10), (2, 10)),
             segment_ids_BxL=jnp.ones((2, 10), jnp.int32))
-  logits = jax.jit(lambda p: setup.merge(p)(tokens, **kw)[0])
+  logits = jax.jit(lambda p: setup.merge(p)(tokens, **kw))
   np.testing.assert_array_equal(logits(params), logits(gen.inference_params(params, "bfloat16")))
 
 
@@ -169,7 +169,7 @@ def test_unrolled_decoder_equals_the_full_forward_pass(scan_layers):
   for row in rows:
     t = jnp.asarray([row])
     full.append(np.asarray(net(t, positions_BxL=jnp.arange(len(row))[None],
-                               segment_ids_BxL=jnp.ones_like(t))[0][0]))
+                               segment_ids_BxL=jnp.ones_like(t))[0]))
   decoder = gen.Decoder(net)
   cache = decoder.init_cache(2, prompt_len + steps)
   tokens, mask = (jnp.asarray(a) for a in decoding.left_pad(prompts, length=prompt_len))

@@ -71,7 +71,7 @@ def _hf_logits(model, ids, mask):
 
 def _our_logits(net, ids, mask):
   pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-  return net(jnp.asarray(ids), positions_BxL=pos, segment_ids_BxL=jnp.asarray(mask))[0]
+  return net(jnp.asarray(ids), positions_BxL=pos, segment_ids_BxL=jnp.asarray(mask))
 
 
 @pytest.mark.parametrize("scan,fmt,kw", [

@@ -1,10 +1,9 @@
-"""GPT network: incremental decoding with the cache equals the full forward pass; ragged
-batched generation equals one-at-a-time; GPT-2 initialisation details."""
+"""GPT network: ragged batched generation equals one-at-a-time; GPT-2 initialisation details.
+(Cached decoding = the full forward pass at every position: test_generate.py, `Decoder`.)"""
 
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -16,23 +15,6 @@ from gpt_flax.model import GPTModel
 def _net():
   with nnx.use_eager_sharding(False):
     return GPTModel(get_config("tiny")).make_network(nnx.Rngs(0))
-
-
-def test_cached_decoding_matches_full_forward_at_every_position():
-  net = _net()
-  tokens = jax.random.randint(jax.random.key(1), (2, 12), 4, 512)
-  pos = jnp.broadcast_to(jnp.arange(12), (2, 12))
-  ones = jnp.ones((2, 12), jnp.int32)
-  full, _ = net(tokens, positions_BxL=pos, segment_ids_BxL=ones)
-  cache = net.init_cache(2, 16)
-  logits, cache = net(tokens[:, :5], positions_BxL=pos[:, :5], segment_ids_BxL=ones[:, :5],
-                      cache=cache)
-  steps = [logits]
-  for i in range(5, 12):
-    logits, cache = net(tokens[:, i:i + 1], positions_BxL=pos[:, i:i + 1],
-                        segment_ids_BxL=ones[:, i:i + 1], cache=cache)
-    steps.append(logits)
-  np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-4)
 
 
 def test_ragged_batch_equals_one_at_a_time():
