@@ -79,17 +79,21 @@ class Decoder:
   Through a scanned stack, XLA would copy every layer's weights and whole KV cache out of the
   stacked arrays at every decoded token (and the cache back in). Here each layer's weights are
   sliced once, before the decode loop, and each layer owns a cache buffer that a step updates
-  in place. One-token steps run feature-major (`common/feature_major.py`: weights transposed
-  once here, activations [D, B]), which streams the weights ~1.5x faster on CPU. Returns the
-  logits of the last position only (all decoding reads), so a prefill skips the vocabulary
-  projection of the other prompt positions.
+  in place. On CPU, one-token steps run feature-major (`common/feature_major.py`: weights
+  transposed once here, activations [D, B]), which XLA:CPU streams ~1.5x faster; elsewhere
+  (TPU/GPU choose their own layouts) they run through the modules, without the transposed
+  copy of every weight. Returns the logits of the last position only (all decoding reads), so
+  a prefill skips the vocabulary projection of the other prompt positions.
   """
 
-  def __init__(self, net: GPT):
+  def __init__(self, net: GPT, *, use_feature_major: bool | None = None):
     self.net = net
     self.layers = net.layers.unstacked()
+    if use_feature_major is None:
+      use_feature_major = jax.default_backend() == "cpu"
     dtype = jnp.dtype(net.cfg.dtype)
-    self.step_weights = [feature_major.prepare(layer, dtype) for layer in self.layers]
+    self.step_weights = ([feature_major.prepare(layer, dtype) for layer in self.layers]
+                         if use_feature_major else None)
 
   def init_cache(self, batch: int, max_len: int) -> LayerCaches:
     c = self.net.cfg
@@ -105,7 +109,7 @@ class Decoder:
     kvs = []
     caches = [KVCache(*(sharding.constrain(c, ("batch", "act_heads", "kv_length", "kv"))
                         for c in kv)) for kv in cache.kv]
-    if tokens_BxT.shape[1] == 1:
+    if tokens_BxT.shape[1] == 1 and self.step_weights is not None:
       x_DxB = sharding.constrain(x[:, 0].T, ("act_embed", "batch"))
       for layer, w, kv in zip(self.layers, self.step_weights, caches):
         x_DxB, kv = feature_major.layer_step(layer, w, x_DxB, cache=kv,

@@ -152,11 +152,13 @@ def test_bf16_params_cast_once_give_the_same_logits():
   np.testing.assert_array_equal(logits(params), logits(gen.inference_params(params, "bfloat16")))
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_unrolled_decoder_equals_the_full_forward_pass(scan_layers):
+@pytest.mark.parametrize("scan_layers,use_feature_major",
+                         [(True, True), (False, True), (False, False)])
+def test_unrolled_decoder_equals_the_full_forward_pass(scan_layers, use_feature_major):
   """`Decoder` (what `_generate_jit` runs) re-implements the cached forward pass; each logit it
-  returns, after a ragged left-padded prefill and then one token at a time, equals the full
-  forward pass over that row's unpadded tokens at that position."""
+  returns, after a ragged left-padded prefill and then one token at a time (feature-major, as
+  on CPU, or through the modules, as on TPU/GPU), equals the full forward pass over that row's
+  unpadded tokens at that position."""
   cfg = get_config("tiny")
   cfg.model.scan_layers = scan_layers
   with nnx.use_eager_sharding(False):
@@ -170,7 +172,8 @@ def test_unrolled_decoder_equals_the_full_forward_pass(scan_layers):
     t = jnp.asarray([row])
     full.append(np.asarray(net(t, positions_BxL=jnp.arange(len(row))[None],
                                segment_ids_BxL=jnp.ones_like(t))[0]))
-  decoder = gen.Decoder(net)
+  decoder = gen.Decoder(net, use_feature_major=use_feature_major)
+  assert (decoder.step_weights is not None) == use_feature_major
   cache = decoder.init_cache(2, prompt_len + steps)
   tokens, mask = (jnp.asarray(a) for a in decoding.left_pad(prompts, length=prompt_len))
   positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
