@@ -129,8 +129,8 @@ class LayerStack(nnx.Module):
 
   def __call__(self, x_BxLxD: jax.Array, *, dropout_key: jax.Array | None = None,
                **kwargs: Any) -> jax.Array:
-    """Whole sequences through every layer (training, scoring, prefill-free encoding);
-    cached decoding runs the `unstacked` layers one by one instead."""
+    """Whole sequences through every layer (training, scoring, encoding); cached decoding runs
+    the `unstacked` layers one at a time instead."""
     keys = jax.random.split(dropout_key, self.num_layers) if dropout_key is not None else None
     policy = REMAT_POLICIES[self.remat_policy]
 
