@@ -35,13 +35,15 @@ from common.optim import make_optimizer, make_schedule
 
 class Model(Protocol):
   """What the trainer needs from a model family. An optional `unit` attribute names what
-  `weights` counts on the progress line (default "tok"; a classifier's are examples, "ex")."""
+  the progress line counts (default "tok"; a classifier's are examples, "ex")."""
 
   def make_network(self, rngs: nnx.Rngs) -> nnx.Module: ...
 
   def loss(self, network: nnx.Module, batch: dict[str, jax.Array], *,
            dropout_key: jax.Array | None) -> dict[str, jax.Array]:
-    """Sums over the batch; must include `loss` and `weights` (the normaliser)."""
+    """Sums over the batch; must include `loss` and `weights` (the normaliser). Optional
+    `input_tokens`: what throughput and MFU count (the units `flops_per_token` is per) when
+    that differs from `weights`, e.g. a loss on part of each row only."""
 
   def flops_per_token(self) -> float: ...
 
@@ -164,8 +166,9 @@ def make_train_step(setup: Setup) -> Callable[[dict, dict], tuple[dict, dict]]:
     updates, opt_state = setup.tx.update(grads, state["opt_state"], params)
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
                  "opt_state": opt_state}
-    metrics = {k: v / denom for k, v in sums.items() if k != "weights"}
-    metrics.update(tokens=sums["weights"], grad_norm=optax.tree.norm(grads),
+    metrics = {k: v / denom for k, v in sums.items() if k not in ("weights", "input_tokens")}
+    metrics.update(tokens=sums.get("input_tokens", sums["weights"]),
+                   grad_norm=optax.tree.norm(grads),
                    learning_rate=schedule(state["step"]))
     return new_state, metrics
 
@@ -211,6 +214,7 @@ def evaluate(eval_step: Callable, params: dict, batches: Iterator[dict], mesh: M
     raise ValueError("the evaluation split produced no batches (is it empty or smaller than "
                      "one batch?)")
   w = max(totals.pop("weights"), 1.0)
+  totals.pop("input_tokens", None)
   out = {k: v / w for k, v in totals.items()}
   out["tokens"] = w
   if "loss" in out:

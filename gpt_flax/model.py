@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
@@ -37,9 +38,13 @@ class GPTModel:
                    segment_ids_BxL=batch["segment_ids"], dropout_key=dropout_key)
 
   def loss(self, network: GPT, batch: dict, *, dropout_key: jax.Array | None) -> dict:
+    """Summed cross-entropy over the weighted targets; `input_tokens` (every real input token)
+    is what tokens/s and MFU count, also when `data.loss_regex` weights only part of a row."""
     logits = self.logits(network, batch, dropout_key=dropout_key)
-    return cross_entropy(logits, batch["targets"], batch["weights"], z_loss=self.cfg.loss.z_loss,
+    sums = cross_entropy(logits, batch["targets"], batch["weights"], z_loss=self.cfg.loss.z_loss,
                          label_smoothing=self.cfg.loss.label_smoothing)
+    sums["input_tokens"] = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)
+    return sums
 
   def num_params(self, non_embedding: bool = True) -> int:
     """Parameter count from the abstract network (no arrays created)."""

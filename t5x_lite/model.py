@@ -43,6 +43,7 @@ class T5Model:
   """Encoder-decoder cross-entropy on `decoder_target_tokens` weighted by `decoder_loss_weights`."""
 
   name = "t5"
+  unit = "target tok"  # the progress line counts target tokens (flops_per_token is per one)
 
   def __init__(self, cfg: ConfigDict, *, checkpoint_scaling: str | None = None,
                input_len: int | None = None, target_len: int | None = None):

@@ -66,6 +66,24 @@ def test_grad_accumulation_matches_full_batch():
   np.testing.assert_allclose(out[1], out[2], atol=1e-5)
 
 
+def test_throughput_counts_input_tokens_when_the_loss_weights_part_of_a_row():
+  """With a loss on part of each row (GPT's `data.loss_regex`), the loss is still the mean
+  over the weighted tokens, while `tokens` (tokens/s, MFU) counts every real input token."""
+  cfg = get_config("tiny")
+  mesh = sharding.make_mesh(4, 1, 2)
+  setup = trainer.make_setup(GPTModel(cfg), cfg, mesh)
+  batch = next(SyntheticLM(cfg.train.batch_size, cfg.data.seq_len, cfg.model.vocab_size))
+  half = dict(batch, weights=batch["weights"] * (np.arange(cfg.data.seq_len) % 2))
+  sums = jax.device_get(trainer.make_eval_step(setup)(trainer.init_state(setup)["params"],
+                                                      sharding.global_batch(half, mesh)))
+  real = float((batch["segment_ids"] > 0).sum())
+  assert sums["input_tokens"] == real and sums["weights"] == float(half["weights"].sum()) < real
+  _, metrics = trainer.make_train_step(setup)(trainer.init_state(setup),
+                                              sharding.global_batch(half, mesh))
+  assert float(metrics["tokens"]) == real and "input_tokens" not in metrics
+  np.testing.assert_allclose(float(metrics["loss"]), sums["loss"] / sums["weights"], rtol=1e-5)
+
+
 def test_nan_loss_stops_before_checkpoint(tmp_path):
   cfg = get_config("tiny")
   cfg.optimizer.update(learning_rate=1e30, warmup_steps=0, clip_norm=0.0)
