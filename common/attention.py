@@ -35,6 +35,12 @@ class KVCache(NamedTuple):
     shape = (batch, num_heads, max_len, head_dim)
     return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
+  def write(self, k_BxHxTxD: jax.Array, v_BxHxTxD: jax.Array, index: jax.Array) -> "KVCache":
+    """The cache with T new positions' keys/values stored from slot `index` on."""
+    start = (0, 0, index, 0)
+    return KVCache(jax.lax.dynamic_update_slice(self.k, k_BxHxTxD.astype(self.k.dtype), start),
+                   jax.lax.dynamic_update_slice(self.v, v_BxHxTxD.astype(self.v.dtype), start))
+
 
 def make_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, *, causal: bool,
               q_index: jax.Array | None = None, kv_index: jax.Array | None = None) -> jax.Array:
@@ -170,10 +176,8 @@ class MultiHeadAttention(nnx.Module):
     v = sharding.constrain(self.value(x_kv), ("batch", "length", "act_heads", "kv"))
     q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [B, H, L, D]
     if cache is not None:
-      start = (0, 0, cache_index, 0)
-      k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start)
-      v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start)
-      cache = KVCache(k, v)
+      cache = cache.write(k, v, cache_index)
+      k, v = cache
     blocks = causal_attention_blocks(q.shape[2]) if causal and cache is None else 1
     out = heads_major_attention(q, k, v, mask=mask, bias=bias, scale=self.scale,
                                 dropout=self.dropout, dropout_key=dropout_key, dtype=self.dtype,

@@ -72,9 +72,7 @@ def layer_step(layer: TransformerLayer, w: StepWeights, x_DxB: jax.Array, *, cac
   h = layer.attn_norm(x_DxB, axis=0)
   qkv_3xHxDxB = _proj(w["qkv"], h, dtype).reshape(3, num_heads, head_dim, batch)
   q, k, v = jnp.transpose(qkv_3xHxDxB, (0, 3, 1, 2))[:, :, :, None]  # 3 x [B, H, 1, Dh]
-  start = (0, 0, cache_index, 0)
-  cache = KVCache(jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start),
-                  jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start))
+  cache = cache.write(k, v, cache_index)
   out_BxHx1xD = attend(q, cache.k, cache.v, mask=mask_Bx1x1xL, bias=None, scale=a.scale,
                        dropout=a.dropout, dropout_key=None, dtype=dtype)
   out_HDxB = out_BxHx1xD.reshape(batch, num_heads * head_dim).T
