@@ -55,8 +55,9 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import metrics as metrics_lib  # noqa: E402
-from common import allocator, sharding, trainer  # noqa: E402
+from common import allocator, trainer  # noqa: E402
 from common.config import apply_overrides  # noqa: E402
+from common.partitioning import Partitioner  # noqa: E402
 from configs.gpt import get_config  # noqa: E402
 from gpt_flax.model import GPTModel  # noqa: E402
 
@@ -148,16 +149,16 @@ class OursRunner(Runner):
   def __init__(self, name: str, precision: str, cfg, batches: list[np.ndarray]):
     self.name, self.precision, self.cfg = name, precision, cfg
     self.model = GPTModel(cfg)
-    self.mesh = sharding.make_mesh(1, 1, 1)
-    setup = trainer.make_setup(self.model, cfg, self.mesh)
+    self.partitioner = Partitioner(1, 1, 1)
+    setup = trainer.make_setup(self.model, cfg, self.partitioner)
     self.state = trainer.init_state(setup)
     self.train_step = trainer.make_train_step(setup)
     b, L = batches[0].shape[0], batches[0].shape[1] - 1
     common = {"segment_ids": np.ones((b, L), np.int32),
               "positions": np.broadcast_to(np.arange(L, dtype=np.int32), (b, L)).copy(),
               "weights": np.ones((b, L), np.float32)}
-    self.batches = [sharding.global_batch({"inputs": t[:, :-1].copy(),
-                                           "targets": t[:, 1:].copy(), **common}, self.mesh)
+    self.batches = [self.partitioner.global_batch({"inputs": t[:, :-1].copy(),
+                                                   "targets": t[:, 1:].copy(), **common})
                     for t in batches]
     self.i, self.metrics = 0, None
 
@@ -271,7 +272,7 @@ def main(argv=None) -> None:
   torch.set_num_threads(threads)
   devices = jax.devices()
   if len(devices) != 1 or devices[0].platform != "cpu":
-    print(f"note: devices are {devices}; the benchmark uses the first mesh of all of them")
+    print(f"note: devices are {devices}; the benchmark uses a mesh of all of them")
 
   base = bench_config(args.batch, args.seq, "float32")
   vocab = base.model.vocab_size

@@ -37,8 +37,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import allocator, sharding, trainer  # noqa: E402
+from common import allocator, trainer  # noqa: E402
 from common.data.seq2seq import pad_batch  # noqa: E402
+from common.partitioning import Partitioner  # noqa: E402
 from configs.t5 import get_config  # noqa: E402
 from t5x_lite.decode import _decode_jit  # noqa: E402
 from t5x_lite.model import T5Model  # noqa: E402
@@ -67,11 +68,11 @@ class Ours:
   def __init__(self, prec: str, data):
     self.name = f"ours {prec}"
     self.cfg = bench_config(DTYPES[prec])
-    self.mesh = sharding.make_mesh(1, 1, 1)
-    self.setup = trainer.make_setup(T5Model(self.cfg), self.cfg, self.mesh)
+    self.partitioner = Partitioner(1, 1, 1)
+    self.setup = trainer.make_setup(T5Model(self.cfg), self.cfg, self.partitioner)
     self.state = trainer.init_state(self.setup)
     self.step_fn = trainer.make_train_step(self.setup)
-    self.data = [sharding.global_batch(b, self.mesh) for b in data]
+    self.data = [self.partitioner.global_batch(b) for b in data]
     self.i, self.metrics = 0, None
 
   def train_step(self):
@@ -83,7 +84,7 @@ class Ours:
     return float(self.metrics["loss"])
 
   def decode(self, enc_tokens, beam, new_tokens):
-    with self.setup.context():
+    with self.setup.partitioner.context():
       out = _decode_jit(self.setup.graphdef, self.state["params"], jnp.asarray(enc_tokens),
                         jnp.ones(enc_tokens.shape, jnp.int32), jax.random.key(0),
                         max_decode_len=new_tokens, beam_size=beam, alpha=0.6, temperature=0.0,

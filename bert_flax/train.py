@@ -208,7 +208,7 @@ def finetune(cfg: ConfigDict, workdir: str) -> trainer.TrainResult:
     if not eval_step:
       eval_step.append(trainer.make_eval_step(setup))
     m = trainer.evaluate(eval_step[0], state["params"], make_iter(role, train=False),
-                         setup.mesh, cls_data.num_batches(len(sources[role]), batch))
+                         cls_data.num_batches(len(sources[role]), batch))
     return _summary(m, num_labels)
 
   def extra_eval(step: int, state: dict, setup: trainer.Setup) -> dict[str, float]:

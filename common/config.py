@@ -36,7 +36,8 @@ def base_config() -> ConfigDict:
       weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0, adafactor_decay_rate=0.8,
       adafactor_param_scale=True, adafactor_min_dim_to_factor=128))
   c.loss = ConfigDict(dict(z_loss=0.0, label_smoothing=0.0))
-  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules="fsdp_tp"))
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules="fsdp_tp",
+                           allow_partial_sharding=False))
   return c
 
 

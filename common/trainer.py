@@ -24,10 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from common import sharding
+from common.partitioning import PartitionedFunction, Partitioner, choose_fsdp_split
 from common.checkpoint import Checkpointer, load_params, resolve_checkpoint
 from common.metrics import MetricsWriter, peak_flops
 from common.optim import make_optimizer, make_schedule
@@ -52,11 +53,10 @@ class Model(Protocol):
 
 @dataclasses.dataclass
 class Setup:
-  """Everything derived from (model, config, mesh) before any array is created."""
+  """Everything derived from (model, config, partitioner) before any array is created."""
   model: Model
   cfg: ConfigDict
-  mesh: Mesh
-  rules: sharding.Rules
+  partitioner: Partitioner
   graphdef: Any
   tx: optax.GradientTransformation
   abstract_state: dict
@@ -67,37 +67,33 @@ class Setup:
   def merge(self, params: Any) -> nnx.Module:
     return nnx.merge(self.graphdef, params)
 
-  def context(self):
-    """Mesh + rules active while tracing, so activation constraints resolve."""
-    return _Context(self.mesh, self.rules)
+  def abstract_batch(self, batch: dict[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
+    """ShapeDtypeStructs of a global batch, sharded as `global_batch` shards it (lowering)."""
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                    sharding=self.partitioner.batch_sharding(len(v.shape)))
+            for k, v in batch.items()}
+
+  def abstract_train_state(self) -> dict:
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        self.abstract_state, self.state_shardings)
 
 
-class _Context:
-  def __init__(self, mesh: Mesh, rules: sharding.Rules):
-    self._mesh_cm = jax.set_mesh(mesh)
-    self._rules_cm = sharding.axis_rules(rules)
-
-  def __enter__(self):
-    self._mesh_cm.__enter__()
-    self._rules_cm.__enter__()
-
-  def __exit__(self, *exc):
-    self._rules_cm.__exit__(*exc)
-    return self._mesh_cm.__exit__(*exc)
-
-
-def make_mesh(cfg: ConfigDict) -> Mesh:
-  return sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-
-
-def make_setup(model: Model, cfg: ConfigDict, mesh: Mesh) -> Setup:
-  rules = sharding.get_rules(cfg.mesh.rules)
+def make_setup(model: Model, cfg: ConfigDict, partitioner: Partitioner) -> Setup:
+  """Abstract network and optimizer state, laid out by `partitioner`. If the fsdp axis cannot
+  shard every parameter as the rules say, it is split in two (`choose_fsdp_split`): the
+  returned setup's partitioner is then a refinement of the one passed in."""
   with nnx.use_eager_sharding(False):
     abs_net = nnx.eval_shape(lambda: model.make_network(nnx.Rngs(params=0)))
   graphdef, abs_params, rest = nnx.split(abs_net, nnx.Param, ...)
   if jax.tree.leaves(rest):
     raise ValueError("networks must hold only nnx.Param state (dropout keys are passed per call)")
-  param_specs = sharding.param_specs(abs_params, rules)
+  param_specs = partitioner.param_specs(abs_params)
+  if partitioner.replicated:
+    split = choose_fsdp_split(partitioner, abs_params)
+    if split != partitioner.fsdp_split:
+      partitioner = partitioner.with_fsdp_split(split)
+      param_specs = partitioner.param_specs(abs_params)
+  partitioner.check_layout()
   tx = make_optimizer(cfg.optimizer, cfg.train.num_steps)
 
   def init_fn(key: jax.Array) -> dict:
@@ -110,15 +106,14 @@ def make_setup(model: Model, cfg: ConfigDict, mesh: Mesh) -> Setup:
   specs = {"step": P(), "params": param_specs,
            "opt_state": sharding.opt_state_specs(abstract["opt_state"], abstract["params"],
                                                  param_specs)}
-  shardings = sharding.specs_to_shardings(specs, abstract, mesh)
-  return Setup(model, cfg, mesh, rules, graphdef, tx, abstract, specs, shardings, init_fn)
+  shardings = partitioner.shardings(specs, abstract)
+  return Setup(model, cfg, partitioner, graphdef, tx, abstract, specs, shardings, init_fn)
 
 
 def init_state(setup: Setup) -> dict:
   """Initialises params and optimizer state directly into their shardings."""
-  with setup.context():
-    init = jax.jit(setup.init_fn, out_shardings=setup.state_shardings)
-    return init(jax.random.key(setup.cfg.seed))
+  init = setup.partitioner.jit(setup.init_fn, out_shardings=setup.state_shardings)
+  return init(jax.random.key(setup.cfg.seed))
 
 
 def _split_microbatches(batch: dict, n: int) -> dict:
@@ -130,7 +125,7 @@ def _split_microbatches(batch: dict, n: int) -> dict:
   return jax.tree.map(split, batch)
 
 
-def make_train_step(setup: Setup) -> Callable[[dict, dict], tuple[dict, dict]]:
+def make_train_step(setup: Setup) -> PartitionedFunction:
   """Jitted (state, batch) -> (state, metrics): grad accumulation, clipping, optimizer."""
   cfg, model = setup.cfg, setup.model
   accum = cfg.train.grad_accum_steps
@@ -172,42 +167,32 @@ def make_train_step(setup: Setup) -> Callable[[dict, dict], tuple[dict, dict]]:
                    learning_rate=schedule(state["step"]))
     return new_state, metrics
 
-  batch_sharding = sharding.batch_sharding(setup.mesh)
-  replicated = NamedSharding(setup.mesh, P())
-  jitted = jax.jit(step, in_shardings=(setup.state_shardings, batch_sharding),
-                   out_shardings=(setup.state_shardings, replicated), donate_argnums=(0,))
-
-  def run(state: dict, batch: dict) -> tuple[dict, dict]:
-    with setup.context():
-      return jitted(state, batch)
-  return run
+  p = setup.partitioner
+  return p.jit(step, in_shardings=(setup.state_shardings, p.batch_sharding()),
+               out_shardings=(setup.state_shardings, p.replicated_sharding()),
+               donate_argnums=(0,))
 
 
-def make_eval_step(setup: Setup) -> Callable[[dict, dict], dict]:
+def make_eval_step(setup: Setup) -> PartitionedFunction:
   """Jitted (params, batch) -> loss sums (no dropout)."""
   def step(params, batch):
     return setup.model.loss(setup.merge(params), batch, dropout_key=None)
 
-  jitted = jax.jit(step, in_shardings=(setup.state_shardings["params"],
-                                       sharding.batch_sharding(setup.mesh)),
-                   out_shardings=NamedSharding(setup.mesh, P()))
-
-  def run(params: dict, batch: dict) -> dict:
-    with setup.context():
-      return jitted(params, batch)
-  return run
+  p = setup.partitioner
+  return p.jit(step, in_shardings=(setup.state_shardings["params"], p.batch_sharding()),
+               out_shardings=p.replicated_sharding())
 
 
 def _has_dropout(cfg: ConfigDict) -> bool:
   return any(v > 0 for k, v in cfg.model.items() if "dropout" in k and isinstance(v, float))
 
 
-def evaluate(eval_step: Callable, params: dict, batches: Iterator[dict], mesh: Mesh,
+def evaluate(eval_step: PartitionedFunction, params: dict, batches: Iterator[dict],
              num_batches: int) -> dict[str, float]:
   """Summed metrics over `num_batches` batches, normalised by the summed weights."""
   totals: dict[str, float] = {}
   for _, local in zip(range(num_batches), batches):
-    sums = jax.device_get(eval_step(params, sharding.global_batch(local, mesh)))
+    sums = jax.device_get(eval_step(params, eval_step.partitioner.global_batch(local)))
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + float(v)
   if not totals:
@@ -222,13 +207,13 @@ def evaluate(eval_step: Callable, params: dict, batches: Iterator[dict], mesh: M
   return out
 
 
-def check_config(cfg: ConfigDict, mesh: Mesh) -> None:
+def check_config(cfg: ConfigDict, partitioner: Partitioner) -> None:
   """Up-front checks with one clear message each (before any compilation or I/O)."""
   t = cfg.train
-  sharding.check_batch_divisible(t.batch_size, mesh, "train.batch_size")
+  partitioner.check_batch(t.batch_size, "train.batch_size")
   if t.grad_accum_steps < 1:
     raise ValueError(f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1")
-  n_data = mesh.shape["data"] * mesh.shape["fsdp"]
+  n_data = partitioner.num_data
   if t.batch_size % (t.grad_accum_steps * n_data):
     raise ValueError(f"train.batch_size={t.batch_size} must be divisible by grad_accum_steps x "
                      f"data axes = {t.grad_accum_steps} x {n_data}")
@@ -279,7 +264,7 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
           make_train_iter: Callable[[], Any],
           make_eval_iter: Callable[[], Iterator[dict]] | None,
           init_params_from: str | None = None,
-          mesh: Mesh | None = None,
+          partitioner: Partitioner | None = None,
           on_start: Callable[[], None] | None = None,
           extra_eval: Callable[[int, dict, Setup], dict[str, float]] | None = None,
           continue_step: bool = True) -> TrainResult:
@@ -294,10 +279,11 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
   `on_start` runs once the work dir is known to belong to this model (e.g. to record config).
   `extra_eval(step, state, setup)` adds task metrics (accuracy/F1, ROUGE, ...) at each eval.
   """
-  mesh = mesh or make_mesh(cfg)
-  check_config(cfg, mesh)
+  partitioner = partitioner or Partitioner.from_config(cfg.mesh)
+  check_config(cfg, partitioner)
   t = cfg.train
-  setup = make_setup(model, cfg, mesh)
+  setup = make_setup(model, cfg, partitioner)
+  partitioner = setup.partitioner
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints,
                       async_save=t.async_checkpoint)
   identity = model.identity()
@@ -344,7 +330,7 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
     return host
 
   def run_eval(step: int) -> dict[str, float]:
-    out = evaluate(eval_step, state["params"], make_eval_iter(), mesh, t.eval_batches)
+    out = evaluate(eval_step, state["params"], make_eval_iter(), t.eval_batches)
     if extra_eval is not None:
       out.update(extra_eval(step, state, setup))
     writer.write(step, {f"eval/{k}": v for k, v in out.items()},
@@ -355,7 +341,7 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
 
   try:
     for step in range(start, t.num_steps):
-      batch = sharding.global_batch(next(train_iter), mesh)
+      batch = partitioner.global_batch(next(train_iter))
       state, metrics = train_step(state, batch)
       pending.append((step + 1, metrics))
       done = step + 1

@@ -31,11 +31,11 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from jax.sharding import Mesh
 
 from common import allocator, checkpoint, decoding, entry, feature_major, sharding, trainer
 from common import config as config_lib
 from common.attention import KVCache, LayerCaches
+from common.partitioning import Partitioner
 from common.vocab import Vocabulary, load_vocab
 from gpt_flax.model import GPTModel
 from gpt_flax.network import GPT
@@ -169,24 +169,15 @@ def check_sampling(*, max_new_tokens: int, temperature: float, top_k: int, top_p
     raise ValueError(f"top_p={top_p} must be in (0, 1] (1 = off)")
 
 
-def _mesh_context(mesh: Mesh | None, rules: sharding.Rules | None):
-  stack = contextlib.ExitStack()
-  if mesh is not None:
-    stack.enter_context(jax.set_mesh(mesh))
-    stack.enter_context(sharding.axis_rules(rules or sharding.RULE_PRESETS["fsdp_tp"]))
-  return stack
-
-
 def generate_tokens(graphdef, params, prompts: list[list[int]], *, max_len: int,
                     max_new_tokens: int, eos_id: int, seed: int = 0, temperature: float = 0.0,
                     top_k: int = 0, top_p: float = 1.0, vocab_size: int | None = None,
-                    batch_size: int | None = None, mesh: Mesh | None = None,
-                    rules: sharding.Rules | None = None,
+                    batch_size: int | None = None, partitioner: Partitioner | None = None,
                     phases: int = DECODE_PHASES) -> list[list[int]]:
   """Continuations (without the EOS) of ragged token prompts, decoded `batch_size` at a time.
 
-  With `mesh`, prompts are sharded over its data axes (each batch padded to a multiple of
-  them) and activations follow `rules`, as in training.
+  With `partitioner`, prompts are sharded over its data axes (each batch padded to a multiple
+  of them) and activations follow its rules, as in training.
   """
   check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                  top_p=top_p)
@@ -196,13 +187,13 @@ def generate_tokens(graphdef, params, prompts: list[list[int]], *, max_len: int,
   if longest + max_new_tokens > max_len:
     raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
                      f"context window of {max_len}")
-  n_data = mesh.shape["data"] * mesh.shape["fsdp"] if mesh is not None else 1
+  n_data = partitioner.num_data if partitioner is not None else 1
   rows = math.ceil(min(batch_size or len(prompts), len(prompts)) / n_data) * n_data
   length = min(math.ceil(longest / PROMPT_BUCKET) * PROMPT_BUCKET, max_len - max_new_tokens)
-  place = ((lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim)))
-           if mesh is not None else jnp.asarray)
+  place = ((lambda x: jax.device_put(x, partitioner.batch_sharding(x.ndim)))
+           if partitioner is not None else jnp.asarray)
   results = []
-  with _mesh_context(mesh, rules):
+  with partitioner.context() if partitioner is not None else contextlib.nullcontext():
     for start in range(0, len(prompts), rows):
       chunk = prompts[start:start + rows]
       real = len(chunk)
@@ -256,7 +247,7 @@ class LoadedGPT:
 
   def generate(self, prompts: list[str], **kwargs) -> list[str]:
     return generate_text(self.setup.graphdef, self.params, self.vocab, prompts,
-                         max_len=self.max_len, mesh=self.setup.mesh, rules=self.setup.rules,
+                         max_len=self.max_len, partitioner=self.setup.partitioner,
                          **kwargs)
 
 
@@ -298,9 +289,9 @@ def load_gpt(path: str, *, tokenizer: str | None = None,
   if vocab.vocab_size > cfg.model.vocab_size:
     raise ValueError(f"tokenizer has {vocab.vocab_size} ids but the model's vocab_size is "
                      f"{cfg.model.vocab_size}: wrong --tokenizer?")
-  mesh = (sharding.make_mesh(*mesh_shape) if mesh_shape is not None
-          else trainer.make_mesh(cfg))
-  setup = trainer.make_setup(GPTModel(cfg), cfg, mesh)
+  if mesh_shape is not None:
+    cfg.mesh.update(dict(zip(("data", "fsdp", "tensor"), mesh_shape)))
+  setup = trainer.make_setup(GPTModel(cfg), cfg, Partitioner.from_config(cfg.mesh))
   params, step, _, _ = checkpoint.load_params(path, setup.abstract_state["params"],
                                               setup.state_shardings["params"], strict=True)
   return LoadedGPT(cfg, setup, params, vocab, step, run_dir)

@@ -36,7 +36,7 @@ from absl import app, flags
 from flax import nnx
 
 from common import config as config_lib
-from common import allocator, sharding
+from common import allocator
 from common.data.sources import Source, get_text, open_source
 from common.vocab import Vocabulary
 from gpt_flax import generate as gen
@@ -243,12 +243,11 @@ def continuation_logprobs(model: gen.LoadedGPT, contexts: Sequence[list[int]],
     raise ValueError(f"a scored sequence has {longest} tokens, more than the context window "
                      f"of {model.max_len}")
   length = min(math.ceil((longest - 1) / SEQ_BUCKET) * SEQ_BUCKET, model.max_len)
-  mesh = model.setup.mesh
-  n_data = mesh.shape["data"] * mesh.shape["fsdp"]
-  rows = math.ceil(min(batch_size, len(seqs)) / n_data) * n_data
-  place = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))
+  partitioner = model.setup.partitioner
+  rows = math.ceil(min(batch_size, len(seqs)) / partitioner.num_data) * partitioner.num_data
+  place = lambda x: jax.device_put(x, partitioner.batch_sharding(x.ndim))
   out = []
-  with gen._mesh_context(mesh, model.setup.rules):  # pylint: disable=protected-access
+  with partitioner.context():
     for start in range(0, len(seqs), rows):
       arrays = np.zeros((4, rows, length), np.int32)  # inputs, targets, segment ids, weights
       for r, (seq, cont) in enumerate(zip(seqs[start:start + rows],
@@ -395,8 +394,7 @@ def evaluate(model: gen.LoadedGPT, task: Task, *, shots: Sequence[int], num_exam
       outs = gen.generate_tokens(model.setup.graphdef, model.params, [p.ids for p in prompts],
                                  max_len=model.max_len, max_new_tokens=task.max_new_tokens,
                                  eos_id=vocab.eos_id, vocab_size=vocab.vocab_size,
-                                 batch_size=batch_size, mesh=model.setup.mesh,
-                                 rules=model.setup.rules)
+                                 batch_size=batch_size, partitioner=model.setup.partitioner)
       stops = stop_strings(task)
       predictions = [cut_at_stop(gen.continuation_text(vocab, p.ids, o), stops).strip()
                      for p, o in zip(prompts, outs)]

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -11,9 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
-
-from common import decoding, sharding
+from common import decoding
+from common.partitioning import Partitioner
 from common.data.seq2seq import pad_batch
 from t5x_lite.network import T5, IncrementalDecoder
 
@@ -54,20 +54,21 @@ def predict_ids(graphdef: Any, params: Any, inputs: list[np.ndarray], *, input_l
                 max_decode_len: int, batch_size: int, eos_id: int, beam_size: int = 1,
                 alpha: float = 0.6, temperature: float = 0.0, top_k: int = 0,
                 top_p: float = 1.0, vocab_size: int | None = None, seed: int = 0,
-                mesh: Mesh | None = None) -> list[list[int]]:
+                partitioner: Partitioner | None = None) -> list[list[int]]:
   """Output ids (without EOS) for each encoder input (ids ending in EOS).
 
   Beam search when beam_size > 1, else greedy (temperature 0) or sampling;
   batches are padded to `batch_size` rows and `input_len` tokens, so one compilation serves
-  every batch. With `mesh`, rows are spread over its data axes.
+  every batch. With `partitioner`, rows are spread over its data axes and decoding runs in
+  its mesh + rules.
   """
   if beam_size < 1 or batch_size < 1:
     raise ValueError(f"beam_size and batch_size must be >= 1, got {beam_size}, {batch_size}")
   if temperature > 0 and beam_size > 1:
     raise ValueError("sampling (temperature > 0) decodes one sequence per input; use "
                      "beam_size=1")
-  if mesh is not None:
-    sharding.check_batch_divisible(batch_size, mesh, "inference batch_size")
+  if partitioner is not None:
+    partitioner.check_batch(batch_size, "inference batch_size")
   out: list[list[int]] = []
   key = jax.random.key(seed)
   for start in range(0, len(inputs), batch_size):
@@ -78,11 +79,15 @@ def predict_ids(graphdef: Any, params: Any, inputs: list[np.ndarray], *, input_l
                       input_len, 1)
     key, sub = jax.random.split(key)
     args = (jnp.asarray(feats["encoder_input_tokens"]), jnp.asarray(feats["encoder_segment_ids"]))
-    if mesh is not None:
-      args = tuple(sharding.global_batch({"x": np.asarray(a)}, mesh)["x"] for a in args)
-    tokens, lengths = _decode_jit(graphdef, params, *args, sub, max_decode_len=max_decode_len,
-                                  beam_size=beam_size, alpha=alpha, temperature=temperature,
-                                  top_k=top_k, top_p=top_p, eos_id=eos_id, vocab_size=vocab_size)
+    context = contextlib.nullcontext()
+    if partitioner is not None:
+      args = tuple(partitioner.global_batch({"x": np.asarray(a)})["x"] for a in args)
+      context = partitioner.context()
+    with context:
+      tokens, lengths = _decode_jit(graphdef, params, *args, sub, max_decode_len=max_decode_len,
+                                    beam_size=beam_size, alpha=alpha, temperature=temperature,
+                                    top_k=top_k, top_p=top_p, eos_id=eos_id,
+                                    vocab_size=vocab_size)
     tokens, lengths = jax.device_get((tokens, lengths))
     for row, n in list(zip(tokens, lengths))[:real]:
       out.append([int(t) for t in row[:n] if t != eos_id])

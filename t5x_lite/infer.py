@@ -20,9 +20,10 @@ import sys
 from absl import app, flags
 from ml_collections import ConfigDict
 
-from common import allocator, entry, sharding, trainer
+from common import allocator, entry, trainer
 from common import config as config_lib
 from common.checkpoint import load_params
+from common.partitioning import Partitioner
 from common.data.seq2seq import field_text, fit_length
 from common.vocab import load_vocab
 from t5x_lite import tasks
@@ -45,7 +46,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
 def load_run(workdir: str):
-  """(config, vocab, graphdef, params, mesh) of a trained work dir."""
+  """(config, vocab, graphdef, params, partitioner) of a trained work dir."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: --workdir must be a t5x_lite.train run")
@@ -56,11 +57,10 @@ def load_run(workdir: str):
     raise ValueError(f"{workdir} holds a {identity.get('family')!r} checkpoint, not a T5 one")
   vocab = load_vocab(os.path.join(workdir, "vocab"))
   model = T5Model(cfg, checkpoint_scaling=identity["model"]["attn_logit_scaling"])
-  mesh = sharding.make_mesh(-1, 1, 1)
-  setup = trainer.make_setup(model, cfg, mesh)
+  setup = trainer.make_setup(model, cfg, Partitioner.from_config(cfg.mesh))
   params, *_ = load_params(workdir, setup.abstract_state["params"],
                            setup.state_shardings["params"])
-  return cfg, vocab, setup.graphdef, params, mesh
+  return cfg, vocab, setup.graphdef, params, setup.partitioner
 
 
 def read_inputs(cfg, vocab, spec: str, num: int):
@@ -88,17 +88,15 @@ def main(argv) -> None:
   def run():
     if not _OUTPUT.value:
       raise ValueError("--output is required")
-    cfg, vocab, graphdef, params, mesh = load_run(entry.workdir())  # --workdir (common.entry)
+    cfg, vocab, graphdef, params, partitioner = load_run(entry.workdir())  # --workdir
     texts, ids, targets = read_inputs(cfg, vocab, _INPUT.value, _NUM.value)
     batch = _BATCH.value
-    n_data = mesh.shape["data"] * mesh.shape["fsdp"]
-    batch += -batch % n_data  # rows spread evenly over the devices
-    with jax_context(mesh, cfg):
-      outs = predict_ids(graphdef, params, ids, input_len=cfg.data.max_input_len,
-                         max_decode_len=_MAX_LEN.value, batch_size=batch,
-                         eos_id=vocab.eos_id, beam_size=_BEAM.value, alpha=_ALPHA.value,
-                         temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
-                         vocab_size=vocab.vocab_size, seed=_SEED.value, mesh=mesh)
+    batch += -batch % partitioner.num_data  # rows spread evenly over the devices
+    outs = predict_ids(graphdef, params, ids, input_len=cfg.data.max_input_len,
+                       max_decode_len=_MAX_LEN.value, batch_size=batch,
+                       eos_id=vocab.eos_id, beam_size=_BEAM.value, alpha=_ALPHA.value,
+                       temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
+                       vocab_size=vocab.vocab_size, seed=_SEED.value, partitioner=partitioner)
     preds = [vocab.decode(o) for o in outs]
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
     with open(_OUTPUT.value, "w") as f:
@@ -111,10 +109,6 @@ def main(argv) -> None:
     if targets is not None:
       print(json.dumps({k: round(v, 2) for k, v in rouge(preds, targets).items()}))
   run()
-
-
-def jax_context(mesh, cfg):
-  return trainer._Context(mesh, sharding.get_rules(cfg.mesh.rules))  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

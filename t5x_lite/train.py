@@ -74,11 +74,10 @@ def rouge_eval(cfg, vocab):
   _, ids, targets = tasks.text_examples(cfg, vocab, cfg.data.eval_split, r.num_examples)
 
   def extra_eval(step: int, state: dict, setup: trainer.Setup) -> dict[str, float]:
-    with setup.context():
-      outs = predict_ids(setup.graphdef, state["params"], ids, input_len=cfg.data.max_input_len,
-                         max_decode_len=r.max_decode_len, batch_size=r.batch_size,
-                         eos_id=vocab.eos_id, beam_size=r.beam_size, alpha=r.alpha,
-                         vocab_size=vocab.vocab_size, mesh=setup.mesh)
+    outs = predict_ids(setup.graphdef, state["params"], ids, input_len=cfg.data.max_input_len,
+                       max_decode_len=r.max_decode_len, batch_size=r.batch_size,
+                       eos_id=vocab.eos_id, beam_size=r.beam_size, alpha=r.alpha,
+                       vocab_size=vocab.vocab_size, partitioner=setup.partitioner)
     scores = rouge([vocab.decode(o) for o in outs], targets)
     print(f"step {step:6d} | ROUGE on {len(ids)} {cfg.data.eval_split} examples: "
           + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)

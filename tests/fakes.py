@@ -95,16 +95,16 @@ class SyntheticLM:
     pass
 
 
-def step_losses(cfg, mesh, steps: int = 3):
+def step_losses(cfg, partitioner, steps: int = 3):
   """(setup, state, losses) after `steps` jitted train steps of the tiny GPT on SyntheticLM."""
-  from common import sharding, trainer  # pylint: disable=g-import-not-at-top
+  from common import trainer  # pylint: disable=g-import-not-at-top
   from gpt_flax.model import GPTModel  # pylint: disable=g-import-not-at-top
-  setup = trainer.make_setup(GPTModel(cfg), cfg, mesh)
+  setup = trainer.make_setup(GPTModel(cfg), cfg, partitioner)
   state = trainer.init_state(setup)
   step = trainer.make_train_step(setup)
   data = SyntheticLM(cfg.train.batch_size, cfg.data.seq_len, cfg.model.vocab_size)
   losses = []
   for _ in range(steps):
-    state, metrics = step(state, sharding.global_batch(next(data), mesh))
+    state, metrics = step(state, partitioner.global_batch(next(data)))
     losses.append(float(metrics["loss"]))
   return setup, state, losses

@@ -5,7 +5,8 @@ import numpy as np
 
 from bert_flax.masking import MaskingConfig, mask_batch
 from bert_flax.model import BertPretrainModel
-from common import sharding, trainer
+from common import trainer
+from common.partitioning import Partitioner
 from configs.bert import get_config
 
 SPECIAL = np.arange(7, dtype=np.int32)  # pad, eos, unk, bos, [CLS] 4, [SEP] 5, [MASK] 6
@@ -41,21 +42,21 @@ def synthetic_batch(cfg, i: int) -> dict[str, np.ndarray]:
   return out
 
 
-def _losses(mesh, steps=2):
+def _losses(partitioner, steps=2):
   cfg = _cfg()
-  setup = trainer.make_setup(BertPretrainModel(cfg), cfg, mesh)
+  setup = trainer.make_setup(BertPretrainModel(cfg), cfg, partitioner)
   state = trainer.init_state(setup)
   step = trainer.make_train_step(setup)
   out = []
   for i in range(steps):
-    state, m = step(state, sharding.global_batch(synthetic_batch(cfg, i), mesh))
+    state, m = step(state, partitioner.global_batch(synthetic_batch(cfg, i)))
     out.append([float(m[k]) for k in ("loss", "mlm_loss", "nsp_loss", "grad_norm")])
   return np.array(out)
 
 
 def test_sharded_steps_match_single_device():
-  """One mesh with every axis > 1 (data, fsdp and tensor parallel at once) keeps this cheap."""
-  reference = _losses(sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
-  got = _losses(sharding.make_mesh(2, 2, 2))
+  """One partitioner with every axis > 1 (data, fsdp and tensor parallel at once) keeps this cheap."""
+  reference = _losses(Partitioner(1, 1, 1, devices=jax.devices()[:1]))
+  got = _losses(Partitioner(2, 2, 2))
   assert np.isfinite(reference).all() and reference[-1, 0] < reference[0, 0] + 1.0
   np.testing.assert_allclose(got, reference, rtol=2e-5, atol=2e-5)

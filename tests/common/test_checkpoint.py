@@ -4,14 +4,15 @@ import jax
 import numpy as np
 import pytest
 
-from common import checkpoint, sharding, trainer
+from common import checkpoint, trainer
+from common.partitioning import Partitioner
 from configs.gpt import get_config
 from gpt_flax.model import GPTModel
 from tests.fakes import SyntheticLM
 
 
 def _setup(cfg, shape, devices=None):
-  return trainer.make_setup(GPTModel(cfg), cfg, sharding.make_mesh(*shape, devices=devices))
+  return trainer.make_setup(GPTModel(cfg), cfg, Partitioner(*shape, devices=devices))
 
 
 @pytest.mark.parametrize("target", [((4, 2, 1), None), ((1, 1, 1), 1)])

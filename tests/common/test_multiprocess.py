@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import portpicker
 
-from common import sharding
+from common.partitioning import Partitioner
 from configs.gpt import get_config
 from tests.fakes import step_losses
 
@@ -29,6 +29,6 @@ def test_two_processes_match_one_process(tmp_path):
   results = [json.load(open(tmp_path / f"out{i}.json")) for i in range(2)]
   assert all(r["processes"] == 2 and r["devices"] == 8 for r in results)
 
-  single = step_losses(get_config("tiny"), sharding.make_mesh(2, 2, 2))[2]  # 1 process x 8
+  single = step_losses(get_config("tiny"), Partitioner(2, 2, 2))[2]  # 1 process x 8
   for r in results:
     np.testing.assert_allclose(r["losses"], single, atol=1e-5)

@@ -7,6 +7,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from common import sharding, trainer
+from common.partitioning import Partitioner
 from configs.gpt import get_config
 from gpt_flax.model import GPTModel
 from tests.fakes import step_losses
@@ -15,14 +16,14 @@ MESHES = [(8, 1, 1), (2, 2, 2), (1, 2, 4), (2, 1, 4)]
 
 
 def test_make_mesh_infers_minus_one():
-  mesh = sharding.make_mesh(-1, 2, 1)
-  assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+  partitioner = Partitioner(-1, 2, 1)
+  assert dict(partitioner.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
 
 
 @pytest.mark.parametrize("sizes", [(3, 1, 1), (-1, -1, 1), (2, 2, 4)])
 def test_make_mesh_rejects_bad_sizes(sizes):
   with pytest.raises(ValueError, match="mesh"):
-    sharding.make_mesh(*sizes)
+    Partitioner(*sizes)
 
 
 def test_unknown_logical_axis_is_an_error():
@@ -38,15 +39,15 @@ def test_unknown_rules_preset():
 @pytest.fixture(scope="module")
 def reference():
   cfg = get_config("tiny")
-  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  return step_losses(cfg, mesh)[2]
+  partitioner = Partitioner(1, 1, 1, devices=jax.devices()[:1])
+  return step_losses(cfg, partitioner)[2]
 
 
 @pytest.mark.parametrize("shape", MESHES)
 def test_sharded_params_and_losses_match_single_device(shape, reference):
   cfg = get_config("tiny")
-  mesh = sharding.make_mesh(*shape)
-  setup, state, losses = step_losses(cfg, mesh)
+  partitioner = Partitioner(*shape)
+  setup, state, losses = step_losses(cfg, partitioner)
   rules = dict(sharding.RULE_PRESETS[cfg.mesh.rules])
   # Every parameter is laid out exactly as the rules table says for its logical names.
   with nnx.use_eager_sharding(False):
@@ -65,8 +66,8 @@ def test_sharded_params_and_losses_match_single_device(shape, reference):
 
 def test_adam_state_follows_params():
   cfg = get_config("tiny")
-  mesh = sharding.make_mesh(2, 2, 2)
-  setup = trainer.make_setup(GPTModel(cfg), cfg, mesh)
+  partitioner = Partitioner(2, 2, 2)
+  setup = trainer.make_setup(GPTModel(cfg), cfg, partitioner)
   mu = setup.state_shardings["opt_state"][1][0].mu
   assert mu["embed"]["embedding"].spec == setup.state_shardings["params"]["embed"]["embedding"].spec
 
@@ -75,8 +76,8 @@ def test_adafactor_factored_moments_are_sharded_like_their_params():
   cfg = get_config("tiny")
   cfg.optimizer.name = "adafactor"
   cfg.optimizer.adafactor_min_dim_to_factor = 32  # factor the tiny model's matrices
-  mesh = sharding.make_mesh(2, 2, 2)
-  setup = trainer.make_setup(GPTModel(cfg), cfg, mesh)
+  partitioner = Partitioner(2, 2, 2)
+  setup = trainer.make_setup(GPTModel(cfg), cfg, partitioner)
   pspec = setup.state_specs["params"]["layers"]["layers"]["mlp"]["wi"]["kernel"]  # (layers, embed, mlp)
   leaves = jax.tree_util.tree_flatten_with_path(setup.state_specs["opt_state"],
                                                 is_leaf=lambda x: isinstance(x, P))[0]
@@ -90,21 +91,21 @@ def test_adafactor_factored_moments_are_sharded_like_their_params():
   assert found["v_row"] == P(*tuple(pspec)[:-1])
   assert found["v_col"] == P(*(tuple(pspec)[:-2] + tuple(pspec)[-1:]))
   # And training with it on a sharded mesh matches one device.
-  _, _, sharded = step_losses(cfg, mesh, steps=2)
-  _, _, single = step_losses(cfg, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]), 2)
+  _, _, sharded = step_losses(cfg, partitioner, steps=2)
+  _, _, single = step_losses(cfg, Partitioner(1, 1, 1, devices=jax.devices()[:1]), 2)
   np.testing.assert_allclose(sharded, single, atol=1e-5)
 
 
 def test_global_batch_is_sharded_over_data_axes():
-  mesh = sharding.make_mesh(2, 2, 2)
-  batch = sharding.global_batch({"x": np.arange(32, dtype=np.int32).reshape(8, 4)}, mesh)
+  partitioner = Partitioner(2, 2, 2)
+  batch = partitioner.global_batch({"x": np.arange(32, dtype=np.int32).reshape(8, 4)})
   assert batch["x"].sharding.spec == P(("data", "fsdp"), None)
   np.testing.assert_array_equal(np.asarray(batch["x"]), np.arange(32).reshape(8, 4))
 
 
 def test_batch_not_divisible_by_data_axes():
-  mesh = sharding.make_mesh(8, 1, 1)
+  partitioner = Partitioner(8, 1, 1)
   cfg = get_config("tiny")
   cfg.train.batch_size = 12
   with pytest.raises(ValueError, match="not divisible by the data axes"):
-    trainer.check_config(cfg, mesh)
+    trainer.check_config(cfg, partitioner)

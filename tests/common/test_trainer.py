@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from common import sharding, trainer
+from common import trainer
+from common.partitioning import Partitioner
 from configs.gpt import get_config
 from gpt_flax.model import GPTModel
 from tests.fakes import SyntheticLM, step_losses
 
 
-def _train(cfg, workdir, mesh=None, **kw):
-  mesh = mesh or sharding.make_mesh(2, 2, 2)
-  return trainer.train(GPTModel(cfg), cfg, str(workdir), mesh=mesh,
+def _train(cfg, workdir, partitioner=None, **kw):
+  partitioner = partitioner or Partitioner(2, 2, 2)
+  return trainer.train(GPTModel(cfg), cfg, str(workdir), partitioner=partitioner,
                        make_train_iter=lambda: SyntheticLM(cfg.train.batch_size, cfg.data.seq_len,
                                                            cfg.model.vocab_size),
                        make_eval_iter=lambda: SyntheticLM(cfg.train.batch_size, cfg.data.seq_len,
@@ -58,11 +59,11 @@ def test_training_reduces_loss(tmp_path):
 
 def test_grad_accumulation_matches_full_batch():
   cfg = get_config("tiny")
-  mesh = sharding.make_mesh(4, 1, 2)
+  partitioner = Partitioner(4, 1, 2)
   out = {}
   for accum in (1, 2):
     cfg.train.grad_accum_steps = accum
-    out[accum] = step_losses(cfg, mesh, steps=2)[2]
+    out[accum] = step_losses(cfg, partitioner, steps=2)[2]
   np.testing.assert_allclose(out[1], out[2], atol=1e-5)
 
 
@@ -70,16 +71,16 @@ def test_throughput_counts_input_tokens_when_the_loss_weights_part_of_a_row():
   """With a loss on part of each row (GPT's `data.loss_regex`), the loss is still the mean
   over the weighted tokens, while `tokens` (tokens/s, MFU) counts every real input token."""
   cfg = get_config("tiny")
-  mesh = sharding.make_mesh(4, 1, 2)
-  setup = trainer.make_setup(GPTModel(cfg), cfg, mesh)
+  partitioner = Partitioner(4, 1, 2)
+  setup = trainer.make_setup(GPTModel(cfg), cfg, partitioner)
   batch = next(SyntheticLM(cfg.train.batch_size, cfg.data.seq_len, cfg.model.vocab_size))
   half = dict(batch, weights=batch["weights"] * (np.arange(cfg.data.seq_len) % 2))
   sums = jax.device_get(trainer.make_eval_step(setup)(trainer.init_state(setup)["params"],
-                                                      sharding.global_batch(half, mesh)))
+                                                      partitioner.global_batch(half)))
   real = float((batch["segment_ids"] > 0).sum())
   assert sums["input_tokens"] == real and sums["weights"] == float(half["weights"].sum()) < real
   _, metrics = trainer.make_train_step(setup)(trainer.init_state(setup),
-                                              sharding.global_batch(half, mesh))
+                                              partitioner.global_batch(half))
   assert float(metrics["tokens"]) == real and "input_tokens" not in metrics
   np.testing.assert_allclose(float(metrics["loss"]), sums["loss"] / sums["weights"], rtol=1e-5)
 
@@ -108,7 +109,7 @@ def test_grad_accum_must_divide_batch():
   cfg = get_config("tiny")
   cfg.train.grad_accum_steps = 3
   with pytest.raises(ValueError, match="grad_accum_steps"):
-    trainer.check_config(cfg, sharding.make_mesh(2, 1, 1, devices=jax.devices()[:2]))
+    trainer.check_config(cfg, Partitioner(2, 1, 1, devices=jax.devices()[:2]))
 
 
 def test_init_params_from_continues_the_step_count(tmp_path):

@@ -19,9 +19,10 @@ import pytest
 from flax import nnx
 
 from common import config as config_lib
-from common import decoding, sharding, trainer
+from common import decoding, trainer
 from common.tokenizer import train_sentencepiece
 from common.vocab import load_vocab
+from common.partitioning import Partitioner
 from configs.gpt import get_config
 from gpt_flax import generate as gen
 from gpt_flax.model import GPTModel
@@ -41,7 +42,7 @@ def make_workdir(root: str, step: int = 7) -> str:
   cfg = get_config("tiny")
   cfg.data.tokenizer = sp
   model = GPTModel(cfg)
-  setup = trainer.make_setup(model, cfg, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+  setup = trainer.make_setup(model, cfg, Partitioner(1, 1, 1, devices=jax.devices()[:1]))
   params = trainer.init_state(setup)["params"]
   config_lib.save_config(cfg, root)
   load_vocab(sp).save_to(os.path.join(root, "vocab"))
@@ -88,14 +89,14 @@ def test_sharded_and_batched_generation_equal_single_device_one_at_a_time(workdi
   kw = dict(max_len=model.max_len, max_new_tokens=8, eos_id=model.vocab.eos_id,
             vocab_size=model.vocab.vocab_size, **sampling)
   sharded = gen.generate_tokens(model.setup.graphdef, model.params, prompts, batch_size=3,
-                                mesh=model.setup.mesh, rules=model.setup.rules, **kw)
+                                partitioner=model.setup.partitioner, **kw)
   single = jax.device_get(model.params)
   alone = gen.generate_tokens(model.setup.graphdef, single, prompts, batch_size=1, **kw)
   assert sharded == alone and any(sharded)
 
 
 def test_phased_cache_growth_decodes_the_same_tokens(workdir):
-  """DECODE_PHASES grows the KV cache between decoding loops; on the training mesh the
+  """DECODE_PHASES grows the KV cache between decoding loops; on the training partitioner the
   continuations equal one loop over a full-length cache."""
   model = gen.load_gpt(workdir, mesh_shape=(2, 2, 2))
   # Weights x4: at init scale a continuation hardly depends on its context, so a cache that
@@ -103,7 +104,7 @@ def test_phased_cache_growth_decodes_the_same_tokens(workdir):
   params = jax.tree.map(lambda p: p * 4, model.params)
   prompts = [gen.encode_prompt(model.vocab, p) for p in PROMPTS]
   kw = dict(max_len=model.max_len, max_new_tokens=40, eos_id=model.vocab.eos_id,
-            vocab_size=model.vocab.vocab_size, mesh=model.setup.mesh, rules=model.setup.rules)
+            vocab_size=model.vocab.vocab_size, partitioner=model.setup.partitioner)
   assert decoding.phase_ends(40, 4) == [20, 40]
   phased = gen.generate_tokens(model.setup.graphdef, params, prompts, phases=4, **kw)
   single = gen.generate_tokens(model.setup.graphdef, params, prompts, phases=1, **kw)
@@ -142,7 +143,7 @@ def test_seeded_sampling_keeps_the_nucleus_and_follows_the_distribution():
 def test_bf16_params_cast_once_give_the_same_logits():
   cfg = get_config("tiny")
   cfg.model.dtype = "bfloat16"
-  one_device = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  one_device = Partitioner(1, 1, 1, devices=jax.devices()[:1])
   setup = trainer.make_setup(GPTModel(cfg), cfg, one_device)
   params = trainer.init_state(setup)["params"]
   tokens = jax.random.randint(jax.random.key(1), (2, 10), 4, 512)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from common import trainer
+from common.partitioning import Partitioner
 from configs.gpt import get_config
 from gpt_flax import generate as gen
 from gpt_flax import icl
@@ -47,7 +48,7 @@ def preferring(word: str) -> gen.LoadedGPT:
   the final LayerNorm outputs a constant (scale 0) pointing along `word`'s tied embedding."""
   cfg = get_config("tiny")
   vocab = WordVocab(WORDS)
-  setup = trainer.make_setup(GPTModel(cfg), cfg, trainer.make_mesh(cfg))
+  setup = trainer.make_setup(GPTModel(cfg), cfg, Partitioner.from_config(cfg.mesh))
   params = trainer.init_state(setup)["params"]
   row = params["embed"]["embedding"][vocab.index[word]]
   params["final_norm"]["scale"] = jnp.zeros_like(params["final_norm"]["scale"])

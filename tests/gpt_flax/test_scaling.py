@@ -15,6 +15,7 @@ from flax import nnx
 from jax.extend import core as jcore
 
 from common import trainer
+from common.partitioning import Partitioner
 from gpt_flax import scaling
 from gpt_flax import scaling_fit as sf
 from gpt_flax.model import GPTModel
@@ -118,13 +119,13 @@ def test_param_and_flop_counts_match_independent_counts():
 
   # Every matmul of a training step (forward + backward) traced: 6 x (matrix params + tied
   # logits) + attention per token; bias/norm params are in N but cost no matmul.
-  setup = trainer.make_setup(model, cfg, trainer.make_mesh(cfg))
+  setup = trainer.make_setup(model, cfg, Partitioner.from_config(cfg.mesh))
   b, t = sweep.batch_size, sweep.seq_len
   batch = {k: jnp.zeros((b, t), jnp.int32)
            for k in ("inputs", "targets", "segment_ids", "positions")}
   batch["weights"] = jnp.ones((b, t), jnp.float32)
   loss = lambda p: model.loss(setup.merge(p), batch, dropout_key=None)["loss"]
-  with setup.context():
+  with setup.partitioner.context():
     traced = jax.make_jaxpr(jax.grad(loss))(setup.abstract_state["params"])
   per_token = _dot_flops(traced.jaxpr) / (b * t)
   assert per_token == counts["flops_per_token_with_logits"] - 6 * vectors

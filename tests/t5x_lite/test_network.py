@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from common import sharding, trainer
+from common import trainer
+from common.partitioning import Partitioner
 from configs.t5 import get_config
 from t5x_lite.model import T5Model
 from t5x_lite.network import IncrementalDecoder
@@ -59,22 +60,22 @@ def test_t5x_init_and_shared_relpos_tables():
   assert "bias" not in str(jax.tree_util.tree_structure(params))  # no dense/norm biases
 
 
-def _losses(cfg, mesh, steps=2):
-  setup = trainer.make_setup(T5Model(cfg), cfg, mesh)
+def _losses(cfg, partitioner, steps=2):
+  setup = trainer.make_setup(T5Model(cfg), cfg, partitioner)
   state = trainer.init_state(setup)
   step = trainer.make_train_step(setup)
   out = []
   for i in range(steps):
-    state, m = step(state, sharding.global_batch(synthetic_batch(i, input_len=32,
-                                                                 target_len=16), mesh))
+    state, m = step(state, partitioner.global_batch(synthetic_batch(i, input_len=32,
+                                                                 target_len=16)))
     out.append(float(m["loss"]))
   return setup, out
 
 
 def test_sharded_adafactor_steps_equal_one_device():
   cfg = get_config("tiny")  # Adafactor, factored moments for dims >= 32
-  single = _losses(cfg, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]))[1]
-  setup, sharded = _losses(cfg, sharding.make_mesh(2, 2, 2))
+  single = _losses(cfg, Partitioner(1, 1, 1, devices=jax.devices()[:1]))[1]
+  setup, sharded = _losses(cfg, Partitioner(2, 2, 2))
   np.testing.assert_allclose(sharded, single, atol=1e-5)
   assert single[1] < single[0]
   # The factored second moments are sharded like their parameters.
@@ -90,7 +91,7 @@ def test_sharded_adafactor_steps_equal_one_device():
 def test_sharded_adamw_steps_equal_one_device():
   cfg = get_config("tiny")
   cfg.optimizer.update(name="adamw", learning_rate=1e-3, schedule="constant")
-  single = _losses(cfg, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]))[1]
-  sharded = _losses(cfg, sharding.make_mesh(1, 2, 4))[1]
+  single = _losses(cfg, Partitioner(1, 1, 1, devices=jax.devices()[:1]))[1]
+  sharded = _losses(cfg, Partitioner(1, 2, 4))[1]
   np.testing.assert_allclose(sharded, single, atol=1e-5)
   assert T5Model(cfg).net_cfg.attn_logit_scaling == "explicit"

@@ -85,17 +85,16 @@ def test_finetune_via_flags_then_infer(corpus, pretrained, tmp_path):
   # T5's fine-tuning schedule, but the learning rate given by flag.
   opt = json.load(open(wd / "config.json"))["optimizer"]
   assert (opt["schedule"], opt["learning_rate"], opt["warmup_steps"]) == ("constant", 0.002, 0)
-  cfg, vocab, graphdef, params, mesh = infer.load_run(str(wd))
+  cfg, vocab, graphdef, params, partitioner = infer.load_run(str(wd))
   assert cfg.data.prefix == "title: "
   texts, ids, targets = infer.read_inputs(cfg, vocab, "split:validation", 5)
   assert len(ids) == 5 and targets[0] == " ".join(texts[0].split()[:3])
   # The ROUGE evaluation's shapes (8 rows, 8 new tokens): greedy reuses its compilation.
   kw = dict(input_len=48, max_decode_len=8, batch_size=8, eos_id=vocab.eos_id,
-            vocab_size=vocab.vocab_size, mesh=mesh)
-  with infer.jax_context(mesh, cfg):
-    beam = predict_ids(graphdef, params, ids, beam_size=3, **kw)
-    greedy = predict_ids(graphdef, params, ids, **kw)
-    sampled = predict_ids(graphdef, params, ids, temperature=1.0, top_k=20, seed=1, **kw)
+            vocab_size=vocab.vocab_size, partitioner=partitioner)
+  beam = predict_ids(graphdef, params, ids, beam_size=3, **kw)
+  greedy = predict_ids(graphdef, params, ids, **kw)
+  sampled = predict_ids(graphdef, params, ids, temperature=1.0, top_k=20, seed=1, **kw)
   for outs in (beam, greedy, sampled):
     assert len(outs) == 5 and all(len(o) <= 8 for o in outs)
     assert all(t < vocab.vocab_size for o in outs for t in o)
