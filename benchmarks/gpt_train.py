@@ -54,6 +54,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.variants import parse_variant  # noqa: E402
 from common import metrics as metrics_lib  # noqa: E402
 from common import allocator, trainer  # noqa: E402
 from common.config import apply_overrides  # noqa: E402
@@ -91,31 +92,6 @@ def parse_args(argv=None) -> argparse.Namespace:
   if min(a.steps, a.trials, a.batch, a.seq) < 1 or a.warmup < 0 or a.max_trial_s < 0:
     p.error("--steps, --trials, --batch, --seq must be >= 1; --warmup, --max_trial_s >= 0")
   return a
-
-
-def _parse_value(s: str):
-  low = s.lower()
-  if low in ("true", "false"):
-    return low == "true"
-  for cast in (int, float):
-    try:
-      return cast(s)
-    except ValueError:
-      pass
-  return s
-
-
-def parse_variant(spec: str) -> tuple[str, dict]:
-  name, _, rest = spec.partition(":")
-  if not name or not rest:
-    raise SystemExit(f"error: --variant {spec!r}: expected NAME:KEY=VAL[,KEY=VAL]")
-  overrides = {}
-  for kv in rest.split(","):
-    k, eq, v = kv.partition("=")
-    if not eq:
-      raise SystemExit(f"error: --variant {spec!r}: {kv!r} is not KEY=VAL")
-    overrides[k.strip()] = _parse_value(v.strip())
-  return name, overrides
 
 
 def bench_config(batch: int, seq: int, dtype: str, overrides: dict | None = None):

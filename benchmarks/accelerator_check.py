@@ -1,0 +1,336 @@
+"""Accelerator check: what to run in a short GPU (or TPU) lease, in one go, under 8 minutes.
+
+Sections, each isolated (a failure is printed with its traceback; the others still run), in
+this order:
+  env         versions, devices, device memory
+  parity      tiny GPT, BERT and T5: AdamW steps on one accelerator (fp32, highest matmul
+              precision) equal the same steps sharded over a (data, fsdp, tensor) = (2, 2, 2)
+              mesh (of 8 accelerators when there are 8, else of 8 fake CPU devices): the
+              sharding tests' claim, checked across backends
+  train       GPT `124m` in bf16 (the preset: scanned layers, remat dots_no_batch, AdamW):
+              compile time, step time, tokens/s, MFU against the chip's published peak, and
+              the compiled program's memory analysis beside the measured peak
+  generate    GPT `124m` bf16 KV-cache generation: new tokens/s
+  checkpoint  Orbax async save and restore of the trained state (bitwise equal)
+
+The figures go to stdout as one table and, section by section, to `--output` (JSON), so a
+lease cut short still leaves what finished.
+
+  python benchmarks/accelerator_check.py --output=check.json     # on the accelerator machine
+  JAX_PLATFORMS=cpu python benchmarks/accelerator_check.py --smoke  # every path, tiny, on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+# Eight CPU devices stand in for a sharded mesh when fewer than 8 accelerators are present.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.variants import parse_variant  # noqa: E402
+from common import metrics, trainer  # noqa: E402
+from common.checkpoint import Checkpointer  # noqa: E402
+from common.config import apply_overrides  # noqa: E402
+from common.partitioning import Partitioner  # noqa: E402
+
+GiB = 2 ** 30
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--smoke", action="store_true",
+                 help="tiny shapes everywhere: exercises every path in a minute on a CPU")
+  p.add_argument("--sections", default="env,parity,train,generate,checkpoint")
+  p.add_argument("--preset", default=None, help="GPT preset to train (default 124m; tiny "
+                 "with --smoke)")
+  p.add_argument("--batch_per_device", type=int, default=None,
+                 help="rows of seq_len tokens per accelerator (default 64; 4 with --smoke)")
+  p.add_argument("--steps", type=int, default=None, help="timed train steps (default 50)")
+  p.add_argument("--gen_batch", type=int, default=32)
+  p.add_argument("--gen_prompt", type=int, default=128)
+  p.add_argument("--gen_new", type=int, default=256)
+  p.add_argument("--train_variant", action="append", default=[], metavar="NAME:KEY=VAL[,...]",
+                 help="train again with config overrides (e.g. noremat:model.remat_policy=none), "
+                      "after the other sections")
+  p.add_argument("--deadline_s", type=float, default=0.0,
+                 help="skip sections that would start after this many seconds (0: none)")
+  p.add_argument("--output", default=None, help="JSON file, rewritten after every section")
+  a = p.parse_args(argv)
+  a.preset = a.preset or ("tiny" if a.smoke else "124m")
+  a.batch_per_device = a.batch_per_device or (4 if a.smoke else 64)
+  a.steps = a.steps or (3 if a.smoke else 50)
+  if a.smoke:
+    a.gen_batch, a.gen_prompt, a.gen_new = 4, 8, 8
+  return a
+
+
+def accelerators() -> list[Any]:
+  """The default backend's devices (the GPUs or TPUs; the CPU when that is all there is)."""
+  return jax.devices()
+
+
+# ------------------------------------------------------------------------------ sections
+
+
+def env_section(args) -> dict:
+  dev = accelerators()[0]
+  stats = dev.memory_stats() or {}
+  out = {"jax": jax.__version__, "platform": dev.platform, "device_kind": dev.device_kind,
+         "device_count": len(accelerators()), "process_count": jax.process_count(),
+         "cpu_devices": len(jax.devices("cpu")),
+         "memory_limit_gib": stats.get("bytes_limit", 0) / GiB}
+  for name in ("flax", "optax", "orbax.checkpoint", "grain"):
+    try:
+      out[name] = __import__(name, fromlist=["_"]).__version__
+    except (ImportError, AttributeError):
+      out[name] = "?"
+  for attr in ("compute_capability", "core_count"):
+    if hasattr(dev, attr):
+      out[attr] = str(getattr(dev, attr))
+  return out
+
+
+def _family(name: str):
+  """(config, model, batch(i)) of a family's tiny preset, with synthetic batches."""
+  if name == "gpt":
+    from configs.gpt import get_config
+    from gpt_flax.model import GPTModel
+    from tests.fakes import SyntheticLM
+    cfg = get_config("tiny")
+    data = SyntheticLM(cfg.train.batch_size, cfg.data.seq_len, cfg.model.vocab_size)
+    return cfg, GPTModel(cfg), data.global_batch
+  if name == "bert":
+    from bert_flax.model import BertPretrainModel
+    from configs.bert import get_config
+    from tests.bert_flax import fakes as bert_fakes
+    cfg = get_config("tiny")
+    cfg.pretrain.nsp = True
+    return cfg, BertPretrainModel(cfg), lambda i: bert_fakes.synthetic_batch(cfg, i)
+  from configs.t5 import get_config
+  from t5x_lite.model import T5Model
+  from tests.t5x_lite import fakes as t5_fakes
+  cfg = get_config("tiny")
+  return cfg, T5Model(cfg), lambda i: t5_fakes.synthetic_batch(i, input_len=32, target_len=16)
+
+
+def _losses(cfg, model, batch_fn, partitioner: Partitioner, steps: int) -> np.ndarray:
+  setup = trainer.make_setup(model, cfg, partitioner)
+  state = trainer.init_state(setup)
+  step = trainer.make_train_step(setup)
+  out = []
+  for i in range(steps):
+    state, m = step(state, setup.partitioner.global_batch(batch_fn(i)))
+    out.append([float(m["loss"]), float(m["grad_norm"])])
+  return np.asarray(out)
+
+
+def parity_section(args) -> dict:
+  accs = accelerators()
+  sharded_devices = accs[:8] if len(accs) >= 8 else jax.devices("cpu")[:8]
+  out = {"sharded_on": f"{len(sharded_devices)} x {sharded_devices[0].platform}"}
+  ok = True
+  with jax.default_matmul_precision("highest"):
+    for family in ("gpt", "bert", "t5"):
+      cfg, model, batch_fn = _family(family)
+      one = _losses(cfg, model, batch_fn, Partitioner(1, 1, 1, devices=accs[:1]), 3)
+      many = _losses(cfg, model, batch_fn, Partitioner(2, 2, 2, devices=sharded_devices), 3)
+      diff = float(np.max(np.abs(one - many) / np.maximum(np.abs(many), 1e-3)))
+      out[family] = {"accelerator": one[:, 0].round(6).tolist(),
+                     "sharded": many[:, 0].round(6).tolist(), "max_rel_diff": diff}
+      ok &= bool(np.isfinite(one).all()) and diff < 1e-3
+  out["pass"] = ok
+  return out
+
+
+def _train_config(args, overrides: dict | None = None):
+  from configs.gpt import get_config
+  cfg = get_config(args.preset)
+  n = len(accelerators())
+  cfg.train.batch_size = args.batch_per_device * n
+  cfg.model.dtype = "bfloat16"
+  cfg.mesh.update(data=1, fsdp=-1, tensor=1)
+  return apply_overrides(cfg, overrides or {})
+
+
+def _lm_batches(cfg, count: int) -> list[dict[str, np.ndarray]]:
+  rng = np.random.default_rng(0)
+  b, length = cfg.train.batch_size, cfg.data.seq_len
+  out = []
+  for _ in range(count):
+    t = rng.integers(4, cfg.model.vocab_size - 64, (b, length + 1)).astype(np.int32)
+    out.append({"inputs": t[:, :-1], "targets": t[:, 1:],
+                "segment_ids": np.ones((b, length), np.int32),
+                "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (b, length)).copy(),
+                "weights": np.ones((b, length), np.float32)})
+  return out
+
+
+def _memory(compiled) -> dict:
+  m = compiled.memory_analysis()
+  if m is None:
+    return {}
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "temp_size_in_bytes", "peak_memory_in_bytes")
+  return {f.replace("_in_bytes", "_gib"): getattr(m, f) / GiB for f in fields if hasattr(m, f)}
+
+
+def train_section(args, shared: dict, overrides: dict | None = None) -> dict:
+  from gpt_flax.model import GPTModel
+  cfg = _train_config(args, overrides)
+  model = GPTModel(cfg)
+  setup = trainer.make_setup(model, cfg, Partitioner.from_config(cfg.mesh, devices=accelerators()))
+  p = setup.partitioner
+  batches = [p.global_batch(b) for b in _lm_batches(cfg, 4)]
+  t0 = time.perf_counter()
+  step = trainer.make_train_step(setup)
+  compiled = step.lower(setup.abstract_train_state(), setup.abstract_batch(batches[0])).compile()
+  compile_s = time.perf_counter() - t0
+  state = trainer.init_state(setup)
+  for i in range(2):  # warm-up (allocator, autotuning caches)
+    state, m = compiled(state, batches[i % len(batches)])
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for i in range(args.steps):
+    state, m = compiled(state, batches[i % len(batches)])
+  loss = float(m["loss"])
+  jax.block_until_ready(state)
+  dt = (time.perf_counter() - t0) / args.steps
+  tokens = cfg.train.batch_size * cfg.data.seq_len
+  tps = tokens / dt
+  peak = metrics.peak_flops("bfloat16")
+  stats = accelerators()[0].memory_stats() or {}
+  if not overrides:
+    shared.update(setup=setup, state=state, cfg=cfg)
+  return {"overrides": overrides or {}, "preset": args.preset, "params_m": model.num_params(non_embedding=False) / 1e6,
+          "global_batch": cfg.train.batch_size, "seq_len": cfg.data.seq_len,
+          "remat": cfg.model.remat_policy, "mesh": p.shape, "fsdp_split": p.fsdp_split,
+          "compile_s": compile_s, "step_ms": dt * 1e3, "tokens_per_s": tps,
+          "flops_per_token": model.flops_per_token(),
+          "mfu": tps * model.flops_per_token() / peak if peak else float("nan"),
+          "peak_flops": peak, "final_loss": loss, "compiled_memory": _memory(compiled),
+          "measured_peak_gib": stats.get("peak_bytes_in_use", 0) / GiB}
+
+
+def generate_section(args, shared: dict) -> dict:
+  from gpt_flax.generate import generate_tokens
+  setup, cfg = shared.get("setup"), shared.get("cfg")
+  if setup is None:
+    from gpt_flax.model import GPTModel
+    cfg = _train_config(args)
+    setup = trainer.make_setup(GPTModel(cfg), cfg,
+                               Partitioner.from_config(cfg.mesh, devices=accelerators()))
+    shared.update(setup=setup, cfg=cfg, state=trainer.init_state(setup))
+  params = shared["state"]["params"]
+  rng = np.random.default_rng(1)
+  prompts = [rng.integers(4, cfg.model.vocab_size - 64, args.gen_prompt).tolist()
+             for _ in range(args.gen_batch)]
+  run = lambda: generate_tokens(setup.graphdef, params, prompts, max_len=cfg.model.max_len,
+                                max_new_tokens=args.gen_new, eos_id=-1,
+                                batch_size=args.gen_batch, partitioner=setup.partitioner)
+  t0 = time.perf_counter()
+  run()
+  first_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  outs = run()
+  dt = time.perf_counter() - t0
+  new = sum(len(o) for o in outs)
+  return {"batch": args.gen_batch, "prompt": args.gen_prompt, "new_tokens": args.gen_new,
+          "first_call_s": first_s, "seconds": dt, "new_tokens_per_s": new / dt,
+          "ms_per_token_step": dt / args.gen_new * 1e3, "all_rows_full": new == len(prompts)
+          * args.gen_new}
+
+
+def checkpoint_section(args, shared: dict) -> dict:
+  import tempfile
+  from tests.fakes import SyntheticLM
+  setup, state = shared.get("setup"), shared.get("state")
+  if setup is None:
+    raise RuntimeError("needs the train or generate section's state")
+  state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+  with tempfile.TemporaryDirectory() as d:
+    ckpt = Checkpointer(d, max_to_keep=1, async_save=True)
+    t0 = time.perf_counter()
+    ckpt.save(1, state, SyntheticLM(), {"check": "accelerator"}, force=True)
+    returned_s = time.perf_counter() - t0
+    ckpt.manager.wait_until_finished()
+    saved_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    restored = ckpt.restore(1, setup.abstract_state, setup.state_shardings, SyntheticLM())
+    restore_s = time.perf_counter() - t0
+    ckpt.close()
+  same = all(bool(jnp.array_equal(a, b)) for a, b in
+             zip(jax.tree.leaves(state["params"]), jax.tree.leaves(restored["params"])))
+  return {"state_gib": state_bytes / GiB, "save_returned_s": returned_s, "saved_s": saved_s,
+          "restore_s": restore_s, "params_equal": same}
+
+
+SECTIONS: dict[str, Callable[..., dict]] = {
+    "env": lambda a, s: env_section(a), "parity": lambda a, s: parity_section(a),
+    "train": train_section, "generate": generate_section, "checkpoint": checkpoint_section}
+
+
+def _fmt(v: Any) -> str:
+  if isinstance(v, float):
+    return f"{v:.4g}"
+  if isinstance(v, dict):
+    return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
+  return str(v)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  names = [s.strip() for s in args.sections.split(",") if s.strip()]
+  unknown = set(names) - set(SECTIONS)
+  if unknown:
+    sys.exit(f"error: unknown sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
+  runs = [(name, SECTIONS[name]) for name in names]
+  for spec in args.train_variant:
+    variant, overrides = parse_variant(spec)
+    runs.append((f"train_{variant}", lambda a, s, o=overrides: train_section(a, {}, o)))
+  results: dict[str, Any] = {"args": vars(args)}
+  shared: dict = {}
+  failed = []
+  start = time.perf_counter()
+  for name, fn in runs:
+    t0 = time.perf_counter()
+    if args.deadline_s and t0 - start > args.deadline_s:
+      results[name] = {"error": f"skipped: past --deadline_s={args.deadline_s:g}"}
+      failed.append(name)
+      continue
+    try:
+      results[name] = fn(args, shared)
+      if results[name].get("pass") is False:
+        failed.append(name)
+    except Exception as e:  # pylint: disable=broad-except
+      traceback.print_exc()
+      results[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+      failed.append(name)
+    results[name]["section_s"] = time.perf_counter() - t0
+    print(f"== {name}: {_fmt(results[name])}", flush=True)
+    if args.output:
+      with open(args.output, "w") as f:
+        json.dump(results, f, indent=1, default=str)
+  print("\n| section | result | figures |\n|---|---|---|")
+  for name, _ in runs:
+    r = results[name]
+    figures = {k: v for k, v in r.items() if k not in ("pass", "error")}
+    print(f"| {name} | {'FAILED' if name in failed else 'ok'} | {_fmt(r.get('error', figures))} |")
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
