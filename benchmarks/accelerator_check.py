@@ -7,6 +7,8 @@ this order:
               precision) equal the same steps sharded over a (data, fsdp, tensor) = (2, 2, 2)
               mesh (of 8 accelerators when there are 8, else of 8 fake CPU devices): the
               sharding tests' claim, checked across backends
+  attention   the cuDNN flash-attention path (what `model.attention_impl=auto` picks on NVIDIA
+              GPUs in bf16) equals the XLA path, outputs and gradients
   train       GPT `124m` in bf16 (the preset: scanned layers, remat dots_no_batch, AdamW):
               compile time, step time, tokens/s, MFU against the chip's published peak, and
               the compiled program's memory analysis beside the measured peak
@@ -54,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--smoke", action="store_true",
                  help="tiny shapes everywhere: exercises every path in a minute on a CPU")
-  p.add_argument("--sections", default="env,parity,train,generate,checkpoint")
+  p.add_argument("--sections", default="env,parity,attention,train,generate,checkpoint")
   p.add_argument("--preset", default=None, help="GPT preset to train (default 124m; tiny "
                  "with --smoke)")
   p.add_argument("--batch_per_device", type=int, default=None,
@@ -153,6 +155,43 @@ def parity_section(args) -> dict:
                      "sharded": many[:, 0].round(6).tolist(), "max_rel_diff": diff}
       ok &= bool(np.isfinite(one).all()) and diff < 1e-3
   out["pass"] = ok
+  return out
+
+
+def attention_section(args) -> dict:
+  """The cuDNN flash-attention path equals the XLA path (outputs and input gradients) on a
+  packed, padded, causal bf16 batch; on a CPU it reports the path is unavailable."""
+  from flax import nnx
+  from common.attention import MultiHeadAttention, make_mask
+  p = Partitioner(1, 1, 1, devices=accelerators()[:1])
+  length = 256 if not args.smoke else 32
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((4, length, 256)), jnp.bfloat16)
+  seg = np.where(np.arange(length) < length // 3, 1, 2)[None].repeat(4, 0)
+  seg[:, -7:] = 0  # padding
+  mask = make_mask(jnp.asarray(seg), jnp.asarray(seg), causal=True)
+  out = {}
+  results = {}
+  for impl in ("xla", "cudnn"):
+    with nnx.use_eager_sharding(False):
+      attn = MultiHeadAttention(256, 4, 64, rngs=nnx.Rngs(0), dtype=jnp.bfloat16,
+                                implementation=impl)
+    graphdef, state = nnx.split(attn)
+
+    def loss(x, state=state, graphdef=graphdef):
+      y = nnx.merge(graphdef, state)(x, mask=mask, causal=True)[0]
+      return jnp.sum(y.astype(jnp.float32) * (seg[..., None] > 0)), y
+    try:
+      (_, y), g = p.jit(jax.value_and_grad(loss, has_aux=True))(x)
+      results[impl] = (np.asarray(y, np.float32), np.asarray(g, np.float32))
+    except ValueError as e:  # cudnn refused (not a GPU): say so
+      out[impl] = f"unavailable: {e}"
+  if "cudnn" in results:
+    real = seg > 0
+    (y0, g0), (y1, g1) = results["xla"], results["cudnn"]
+    rel = lambda a, b: float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+    out.update(out_rel_diff=rel(y1[real], y0[real]), grad_rel_diff=rel(g1[real], g0[real]))
+    out["pass"] = out["out_rel_diff"] < 2e-2 and out["grad_rel_diff"] < 2e-2
   return out
 
 
@@ -280,6 +319,7 @@ def checkpoint_section(args, shared: dict) -> dict:
 
 SECTIONS: dict[str, Callable[..., dict]] = {
     "env": lambda a, s: env_section(a), "parity": lambda a, s: parity_section(a),
+    "attention": lambda a, s: attention_section(a),
     "train": train_section, "generate": generate_section, "checkpoint": checkpoint_section}
 
 

@@ -37,6 +37,7 @@ class BertConfig:
   dtype: str = "float32"
   scan_layers: bool = True
   remat_policy: str = "none"
+  attention_impl: str = "auto"
   # Heads (set by the model from the task, not by users).
   mlm_head: bool = True
   pooler: bool = False
@@ -55,7 +56,7 @@ class BertConfig:
         d_ff=self.d_ff, activation=self.activation, norm="layernorm", norm_eps=self.norm_eps,
         use_bias=True, pre_norm=self.pre_norm, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, init_std=self.init_std,
-        dtype=self.dtype)
+        dtype=self.dtype, attention_impl=self.attention_impl)
 
 
 class Embeddings(nnx.Module):

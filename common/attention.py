@@ -17,6 +17,31 @@ from common import sharding
 from common.layers import Dense
 
 _NEG_INF = -1e10  # finite, so fully masked rows (padding queries) give no NaN
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+def use_cudnn(impl: str, *, dtype: jnp.dtype, head_dim: int, dropout: bool,
+              bias: jax.Array | None) -> bool:
+  """Whether attention runs as cuDNN's fused flash attention (`jax.nn.dot_product_attention`).
+
+  `auto` picks it when compiling for NVIDIA GPUs and it applies: bf16/fp16, head_dim a
+  multiple of 8 up to 128, no attention dropout, no additive bias (T5's relative positions
+  keep the XLA path). It never materialises the [B, H, Q, K] logits, which the XLA path does
+  in fp32. `xla` never uses it; `cudnn` insists and says why when it cannot.
+  """
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"unknown attention_impl {impl!r}; valid: {', '.join(ATTENTION_IMPLS)}")
+  if impl == "xla":
+    return False
+  problems = [why for bad, why in (
+      (sharding.target_platform() not in ("gpu", "cuda"), "needs an NVIDIA GPU"),
+      (jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16), "needs bfloat16 or float16"),
+      (head_dim % 8 or head_dim > 128, "needs head_dim a multiple of 8, at most 128"),
+      (dropout, "does not do attention dropout"),
+      (bias is not None, "does not take an additive bias here")) if bad]
+  if impl == "cudnn" and problems:
+    raise ValueError(f"attention_impl='cudnn' {'; '.join(problems)}; use 'auto' or 'xla'")
+  return not problems
 
 
 class KVCache(NamedTuple):
@@ -152,7 +177,7 @@ class MultiHeadAttention(nnx.Module):
   def __init__(self, d_model: int, num_heads: int, head_dim: int, *, rngs: nnx.Rngs,
                use_bias: bool = True, init_std: float = 0.02, out_init_std: float | None = None,
                dropout_rate: float = 0.0, scale_logits: bool = True,
-               dtype: jnp.dtype = jnp.float32):
+               dtype: jnp.dtype = jnp.float32, implementation: str = "auto"):
     proj = lambda std: Dense(d_model, (num_heads, head_dim), names=("embed", "heads", "kv"),
                              rngs=rngs, use_bias=use_bias, init_std=std, dtype=dtype)
     self.query, self.key, self.value = proj(init_std), proj(init_std), proj(init_std)
@@ -160,7 +185,7 @@ class MultiHeadAttention(nnx.Module):
                      use_bias=use_bias, init_std=out_init_std or init_std, dtype=dtype)
     self.dropout = nnx.Dropout(dropout_rate)
     self.scale = head_dim ** -0.5 if scale_logits else 1.0
-    self.dtype = dtype
+    self.dtype, self.head_dim, self.implementation = dtype, head_dim, implementation
 
   def __call__(self, x_BxQxD: jax.Array, x_kv_BxKxD: jax.Array | None = None, *,
                mask: jax.Array | None = None, bias: jax.Array | None = None,
@@ -174,6 +199,12 @@ class MultiHeadAttention(nnx.Module):
     q = sharding.constrain(self.query(x_BxQxD), ("batch", "length", "act_heads", "kv"))
     k = sharding.constrain(self.key(x_kv), ("batch", "length", "act_heads", "kv"))
     v = sharding.constrain(self.value(x_kv), ("batch", "length", "act_heads", "kv"))
+    if cache is None and use_cudnn(self.implementation, dtype=self.dtype,
+                                   head_dim=self.head_dim, bias=bias,
+                                   dropout=dropout_key is not None and self.dropout.rate > 0):
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.scale, is_causal=causal,
+                                         implementation="cudnn")
+      return self.out(out), None
     q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [B, H, L, D]
     if cache is not None:
       cache = cache.write(k, v, cache_index)

@@ -23,10 +23,19 @@ def _abstract(tree: Any, shardings: Any) -> Any:
                       tree, shardings)
 
 
+# Network-config fields that say how a model runs, not what it is: a run resumes or fine-tunes
+# with other values of these (an fp32 run in bf16, another remat policy or attention kernel).
+EXECUTION_FIELDS = frozenset({"dtype", "remat_policy", "attention_impl", "dropout_rate",
+                              "attention_dropout_rate"})
+
+
 def _diff(saved: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-  """(dotted key, checkpoint value, config value) for every identity field that differs."""
+  """(dotted key, checkpoint value, config value) for every identity field that differs
+  (execution settings of the model excepted)."""
   out = []
   for k in sorted(set(saved) | set(current)):
+    if prefix == "model." and k in EXECUTION_FIELDS:
+      continue
     a, b = saved.get(k, "<absent>"), current.get(k, "<absent>")
     if isinstance(a, dict) and isinstance(b, dict):
       out += _diff(a, b, f"{prefix}{k}.")

@@ -49,6 +49,10 @@ RULE_PRESETS: dict[str, Rules] = {
 # The spec function of the partitioner whose context is active (`partition_context`).
 _spec_fn: contextvars.ContextVar[Callable[[Sequence[str | None]], P] | None] = (
     contextvars.ContextVar("flax_pretrain_spec_fn", default=None))
+# The platform of that partitioner's devices: what a program is compiled for, which can differ
+# from this host's backend when compiling ahead of time for a TPU or GPU target.
+_platform: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "flax_pretrain_platform", default=None)
 
 
 def get_rules(name: str) -> Rules:
@@ -64,11 +68,18 @@ def partition_context(mesh: Mesh, spec_fn: Callable[[Sequence[str | None]], P]
   """The mesh, and logical names -> device specs, for `constrain` while tracing
   (entered by `Partitioner.context()`)."""
   token = _spec_fn.set(spec_fn)
+  platform_token = _platform.set(mesh.devices.flat[0].platform)
   try:
     with jax.set_mesh(mesh):
       yield
   finally:
+    _platform.reset(platform_token)
     _spec_fn.reset(token)
+
+
+def target_platform() -> str:
+  """'cpu', 'gpu' (or 'cuda') or 'tpu': the devices the traced program will run on."""
+  return _platform.get() or jax.default_backend()
 
 
 def logical_to_spec(names: Sequence[str | None] | None, rules: Rules) -> P:

@@ -37,6 +37,7 @@ class LayerConfig:
   out_init_std: float | None = None  # residual-output projections (GPT-2: 0.02/sqrt(2 n_layers))
   scale_attn_logits: bool = True
   dtype: str = "float32"
+  attention_impl: str = "auto"  # common.attention.use_cudnn
 
   @property
   def jnp_dtype(self) -> jnp.dtype:
@@ -60,7 +61,8 @@ class TransformerLayer(nnx.Module):
     attn = lambda: MultiHeadAttention(
         cfg.d_model, cfg.num_heads, cfg.head_dim, rngs=rngs, use_bias=cfg.use_bias,
         init_std=cfg.init_std, out_init_std=cfg.out_init_std,
-        dropout_rate=cfg.attention_dropout_rate, scale_logits=cfg.scale_attn_logits, dtype=dt)
+        dropout_rate=cfg.attention_dropout_rate, scale_logits=cfg.scale_attn_logits, dtype=dt,
+        implementation=cfg.attention_impl)
     self.pre_norm = cfg.pre_norm
     self.attn_norm, self.attn = norm(), attn()
     self.cross_norm, self.cross_attn = (norm(), attn()) if cross_attention else (None, None)

@@ -28,6 +28,7 @@ class GPTConfig:
   dtype: str = "float32"
   scan_layers: bool = True
   remat_policy: str = "none"
+  attention_impl: str = "auto"
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
@@ -42,7 +43,8 @@ class GPTConfig:
         d_model=self.d_model, num_heads=self.num_heads, head_dim=self.head_dim, d_ff=self.d_ff,
         activation="gelu", norm="layernorm", norm_eps=self.norm_eps, use_bias=True, pre_norm=True,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.dropout_rate, init_std=0.02,
-        out_init_std=0.02 / math.sqrt(2 * self.num_layers), dtype=self.dtype)
+        out_init_std=0.02 / math.sqrt(2 * self.num_layers), dtype=self.dtype,
+        attention_impl=self.attention_impl)
 
 
 class GPT(nnx.Module):
