@@ -30,7 +30,7 @@ def _model(num_layers, d_model, num_heads, d_ff, vocab_size, **kw) -> ConfigDict
       vocab_size=vocab_size, num_layers=num_layers, d_model=d_model, num_heads=num_heads,
       d_ff=d_ff, max_len=512, type_vocab_size=2, dropout_rate=0.1, attention_dropout_rate=0.1,
       norm_eps=1e-12, init_std=0.02, pre_norm=False, activation="gelu_exact", dtype="float32",
-      scan_layers=True, remat_policy="none") | kw)
+      scan_layers=True, remat_policy="none", attention_impl="auto") | kw)
 
 
 def get_config(preset: str = "demo") -> ConfigDict:

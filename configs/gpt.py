@@ -19,7 +19,7 @@ def _model(num_layers, d_model, num_heads, vocab_size, max_len, **kw) -> ConfigD
   return ConfigDict(dict(vocab_size=vocab_size, max_len=max_len, num_layers=num_layers,
                          d_model=d_model, num_heads=num_heads, d_ff=4 * d_model,
                          dropout_rate=0.0, norm_eps=1e-5, dtype="float32", scan_layers=True,
-                         remat_policy="none") | kw)
+                         remat_policy="none", attention_impl="auto") | kw)
 
 
 def get_config(preset: str = "demo") -> ConfigDict:
