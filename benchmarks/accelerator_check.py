@@ -68,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--train_variant", action="append", default=[], metavar="NAME:KEY=VAL[,...]",
                  help="train again with config overrides (e.g. noremat:model.remat_policy=none), "
                       "after the other sections")
+  p.add_argument("--profile", default=None, metavar="DIR",
+                 help="after timing, trace 3 train steps with jax.profiler into DIR")
   p.add_argument("--deadline_s", type=float, default=0.0,
                  help="skip sections that would start after this many seconds (0: none)")
   p.add_argument("--output", default=None, help="JSON file, rewritten after every section")
@@ -248,6 +250,11 @@ def train_section(args, shared: dict, overrides: dict | None = None) -> dict:
   loss = float(m["loss"])
   jax.block_until_ready(state)
   dt = (time.perf_counter() - t0) / args.steps
+  if args.profile and not overrides:
+    with jax.profiler.trace(args.profile):
+      for i in range(3):
+        state, m = compiled(state, batches[i % len(batches)])
+      jax.block_until_ready(state)
   tokens = cfg.train.batch_size * cfg.data.seq_len
   tps = tokens / dt
   peak = metrics.peak_flops("bfloat16")
