@@ -8,6 +8,7 @@ avx512_bf16 and is the usual TPU/GPU recipe.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -37,8 +38,23 @@ def param(rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], names: tupl
   return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape, jnp.float32))
 
 
+def accumulation_dtype(dtype: jnp.dtype) -> jnp.dtype:
+  """The result type of a matmul in `dtype`.
+
+  Accelerators accumulate bf16 products in fp32 inside the matmul unit whatever the result
+  type, so there the result stays bf16 and so do the gradients flowing back through it: a
+  matmul returning fp32 gives its backward pass fp32 cotangents, and an H200 then ran the
+  backward matmuls of GPT-2 124M as fp32/TF32 GEMMs. XLA:CPU is the other way round: its fast
+  bf16 path is bf16 inputs with an fp32 result (about twice the rate of a bf16 result).
+  """
+  if jnp.dtype(dtype) == jnp.float32 or sharding.target_platform() == "cpu":
+    return jnp.float32
+  return jnp.dtype(dtype)
+
+
 def matmul(x: jax.Array, kernel: jax.Array, n_contract: int, dtype: jnp.dtype) -> jax.Array:
-  """Contracts the last `n_contract` dims of x with the first of kernel, accumulating in fp32.
+  """Contracts the last `n_contract` dims of x with the first of kernel in `dtype`,
+  accumulating in fp32.
 
   Computed as one 2-D [tokens, in] x [in, out] matmul (row-major reshapes are free). Why:
   XLA:CPU gives the backward pass of an N-D dot_general transposed layouts that it materialises
@@ -50,8 +66,34 @@ def matmul(x: jax.Array, kernel: jax.Array, n_contract: int, dtype: jnp.dtype) -
   x_2d = x.reshape(math.prod(batch_shape), math.prod(in_shape))
   kernel_2d = kernel.reshape(math.prod(in_shape), math.prod(out_shape))
   y = jax.lax.dot_general(x_2d.astype(dtype), kernel_2d.astype(dtype), (((1,), (0,)), ((), ())),
-                          preferred_element_type=jnp.float32)
+                          preferred_element_type=accumulation_dtype(dtype))
   return y.reshape(batch_shape + out_shape).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def logits_matmul(x_NxD: jax.Array, table_VxD: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """fp32 logits x @ table.T from `dtype` operands; the backward pass multiplies the logits'
+  gradient in `dtype` too (an fp32 cotangent would make both backward matmuls, the largest
+  of a small model, run in fp32)."""
+  return jax.lax.dot_general(x_NxD.astype(dtype), table_VxD.astype(dtype),
+                             (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _logits_fwd(x, table, dtype):
+  return logits_matmul(x, table, dtype), (x, table)
+
+
+def _logits_bwd(dtype, residuals, g_NxV):
+  x, table = residuals
+  g = g_NxV.astype(dtype)
+  dx = jax.lax.dot_general(g, table.astype(dtype), (((1,), (0,)), ((), ())),
+                           preferred_element_type=jnp.float32)
+  dtable = jax.lax.dot_general(g, x.astype(dtype), (((0,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), dtable.astype(table.dtype)
+
+
+logits_matmul.defvjp(_logits_fwd, _logits_bwd)
 
 
 class Dense(nnx.Module):
@@ -91,9 +133,9 @@ class Embed(nnx.Module):
 
   def attend(self, x_BxLxD: jax.Array) -> jax.Array:
     """Logits against the embedding table, accumulated (and returned) in fp32."""
-    return jax.lax.dot_general(
-        x_BxLxD.astype(self.dtype), self.embedding[...].astype(self.dtype),
-        (((x_BxLxD.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    x_NxD = x_BxLxD.reshape(-1, x_BxLxD.shape[-1])
+    logits = logits_matmul(x_NxD, self.embedding[...], jnp.dtype(self.dtype))
+    return logits.reshape(x_BxLxD.shape[:-1] + logits.shape[-1:])
 
 
 def _along(v_D: jax.Array, ndim: int, axis: int) -> jax.Array:
