@@ -137,6 +137,11 @@ class Partitioner:
   def devices(self) -> list[Any]:
     return list(self.mesh.devices.flat)
 
+  @property
+  def num_processes(self) -> int:
+    """Hosts driving the mesh (a TPU topology's hosts when compiling ahead of time)."""
+    return len({d.process_index for d in self.devices})
+
   # ------------------------------------------------------------------ axes and specs
 
   @property

@@ -217,9 +217,9 @@ def check_config(cfg: ConfigDict, partitioner: Partitioner) -> None:
   if t.batch_size % (t.grad_accum_steps * n_data):
     raise ValueError(f"train.batch_size={t.batch_size} must be divisible by grad_accum_steps x "
                      f"data axes = {t.grad_accum_steps} x {n_data}")
-  if t.batch_size % jax.process_count():
+  if t.batch_size % partitioner.num_processes:
     raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the number of "
-                     f"processes ({jax.process_count()})")
+                     f"processes ({partitioner.num_processes})")
   for name in ("num_steps", "log_every", "checkpoint_every", "eval_every"):
     if t[name] <= 0:
       raise ValueError(f"train.{name}={t[name]} must be positive")
