@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.variants import parse_variant  # noqa: E402
-from common import metrics, trainer  # noqa: E402
+from common import metrics, steps, train_state  # noqa: E402
 from common.checkpoint import Checkpointer  # noqa: E402
 from common.config import apply_overrides  # noqa: E402
 from common.partitioning import Partitioner  # noqa: E402
@@ -132,9 +132,9 @@ def _family(name: str):
 
 
 def _losses(cfg, model, batch_fn, partitioner: Partitioner, steps: int) -> np.ndarray:
-  setup = trainer.make_setup(model, cfg, partitioner)
-  state = trainer.init_state(setup)
-  step = trainer.make_train_step(setup)
+  setup = train_state.make_setup(model, cfg, partitioner)
+  state = train_state.init_state(setup)
+  step = steps.make_train_step(setup)
   out = []
   for i in range(steps):
     state, m = step(state, setup.partitioner.global_batch(batch_fn(i)))
@@ -233,14 +233,14 @@ def train_section(args, shared: dict, overrides: dict | None = None) -> dict:
   from gpt_flax.model import GPTModel
   cfg = _train_config(args, overrides)
   model = GPTModel(cfg)
-  setup = trainer.make_setup(model, cfg, Partitioner.from_config(cfg.mesh, devices=accelerators()))
+  setup = train_state.make_setup(model, cfg, Partitioner.from_config(cfg.mesh, devices=accelerators()))
   p = setup.partitioner
   batches = [p.global_batch(b) for b in _lm_batches(cfg, 4)]
   t0 = time.perf_counter()
-  step = trainer.make_train_step(setup)
+  step = steps.make_train_step(setup)
   compiled = step.lower(setup.abstract_train_state(), setup.abstract_batch(batches[0])).compile()
   compile_s = time.perf_counter() - t0
-  state = trainer.init_state(setup)
+  state = train_state.init_state(setup)
   for i in range(2):  # warm-up (allocator, autotuning caches)
     state, m = compiled(state, batches[i % len(batches)])
   jax.block_until_ready(m)
@@ -277,9 +277,9 @@ def generate_section(args, shared: dict) -> dict:
   if setup is None:
     from gpt_flax.model import GPTModel
     cfg = _train_config(args)
-    setup = trainer.make_setup(GPTModel(cfg), cfg,
+    setup = train_state.make_setup(GPTModel(cfg), cfg,
                                Partitioner.from_config(cfg.mesh, devices=accelerators()))
-    shared.update(setup=setup, cfg=cfg, state=trainer.init_state(setup))
+    shared.update(setup=setup, cfg=cfg, state=train_state.init_state(setup))
   params = shared["state"]["params"]
   rng = np.random.default_rng(1)
   prompts = [rng.integers(4, cfg.model.vocab_size - 64, args.gen_prompt).tolist()
@@ -310,7 +310,7 @@ def checkpoint_section(args, shared: dict) -> dict:
   with tempfile.TemporaryDirectory() as d:
     ckpt = Checkpointer(d, max_to_keep=1, async_save=True)
     t0 = time.perf_counter()
-    ckpt.save(1, state, SyntheticLM(), {"check": "accelerator"}, force=True)
+    ckpt.save(1, state, SyntheticLM(), {"check": "accelerator"})
     returned_s = time.perf_counter() - t0
     ckpt.manager.wait_until_finished()
     saved_s = time.perf_counter() - t0

@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bert_flax.masking import MaskingConfig, mask_batch  # noqa: E402
 from bert_flax.model import BertPretrainModel  # noqa: E402
 from common import metrics as metrics_lib  # noqa: E402
-from common import allocator, trainer  # noqa: E402
+from common import allocator, steps, train_state  # noqa: E402
 from common.partitioning import Partitioner  # noqa: E402
 from configs.bert import get_config  # noqa: E402
 
@@ -125,9 +125,9 @@ class OursRunner:
   def __init__(self, name: str, precision: str, cfg, batches: list[dict[str, np.ndarray]]):
     self.name, self.precision = name, precision
     self.partitioner = Partitioner(1, 1, 1)
-    setup = trainer.make_setup(BertPretrainModel(cfg), cfg, self.partitioner)
-    self.state = trainer.init_state(setup)
-    self.train_step = trainer.make_train_step(setup)
+    setup = train_state.make_setup(BertPretrainModel(cfg), cfg, self.partitioner)
+    self.state = train_state.init_state(setup)
+    self.train_step = steps.make_train_step(setup)
     allpos = cfg.pretrain.max_predictions == cfg.data.seq_len
     self.batches = [self.partitioner.global_batch(
         {k: v for k, v in (all_positions(b) if allpos else b).items() if k != "original"})

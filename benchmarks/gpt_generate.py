@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import allocator, convert, trainer  # noqa: E402
+from common import allocator, convert, train_state  # noqa: E402
 from common.partitioning import Partitioner  # noqa: E402
 from configs.gpt import get_config  # noqa: E402
 from gpt_flax import hf as gpt_hf  # noqa: E402
@@ -86,7 +86,7 @@ class Ours:
                new_tokens: int):
     self.name, self.precision = "ours", precision
     cfg = bench_config(max_len, PRECISIONS[precision])
-    self.setup = trainer.make_setup(GPTModel(cfg), cfg, Partitioner(1, 1, 1))
+    self.setup = train_state.make_setup(GPTModel(cfg), cfg, Partitioner(1, 1, 1))
     self.params, self.max_len, self.prompts, self.new_tokens = params, max_len, prompts, new_tokens
 
   def run(self) -> np.ndarray:
@@ -146,8 +146,8 @@ def main(argv=None) -> None:
   max_len = args.prompt_len + args.new_tokens
   base = bench_config(max_len, "float32")
   model = GPTModel(base)
-  setup = trainer.make_setup(model, base, Partitioner(1, 1, 1))
-  params = trainer.init_state(setup)["params"]
+  setup = train_state.make_setup(model, base, Partitioner(1, 1, 1))
+  params = train_state.init_state(setup)["params"]
   rng = np.random.default_rng(args.seed)
   prompts = rng.integers(4, base.model.vocab_size, (args.batch, args.prompt_len)).tolist()
 

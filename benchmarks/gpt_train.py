@@ -56,7 +56,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.variants import parse_variant  # noqa: E402
 from common import metrics as metrics_lib  # noqa: E402
-from common import allocator, trainer  # noqa: E402
+from common import allocator, steps, train_state  # noqa: E402
 from common.config import apply_overrides  # noqa: E402
 from common.partitioning import Partitioner  # noqa: E402
 from configs.gpt import get_config  # noqa: E402
@@ -126,9 +126,9 @@ class OursRunner(Runner):
     self.name, self.precision, self.cfg = name, precision, cfg
     self.model = GPTModel(cfg)
     self.partitioner = Partitioner(1, 1, 1)
-    setup = trainer.make_setup(self.model, cfg, self.partitioner)
-    self.state = trainer.init_state(setup)
-    self.train_step = trainer.make_train_step(setup)
+    setup = train_state.make_setup(self.model, cfg, self.partitioner)
+    self.state = train_state.init_state(setup)
+    self.train_step = steps.make_train_step(setup)
     b, L = batches[0].shape[0], batches[0].shape[1] - 1
     common = {"segment_ids": np.ones((b, L), np.int32),
               "positions": np.broadcast_to(np.arange(L, dtype=np.int32), (b, L)).copy(),

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import allocator, trainer  # noqa: E402
+from common import allocator, steps, train_state  # noqa: E402
 from common.data.seq2seq import pad_batch  # noqa: E402
 from common.partitioning import Partitioner  # noqa: E402
 from configs.t5 import get_config  # noqa: E402
@@ -69,9 +69,9 @@ class Ours:
     self.name = f"ours {prec}"
     self.cfg = bench_config(DTYPES[prec])
     self.partitioner = Partitioner(1, 1, 1)
-    self.setup = trainer.make_setup(T5Model(self.cfg), self.cfg, self.partitioner)
-    self.state = trainer.init_state(self.setup)
-    self.step_fn = trainer.make_train_step(self.setup)
+    self.setup = train_state.make_setup(T5Model(self.cfg), self.cfg, self.partitioner)
+    self.state = train_state.init_state(self.setup)
+    self.step_fn = steps.make_train_step(self.setup)
     self.data = [self.partitioner.global_batch(b) for b in data]
     self.i, self.metrics = 0, None
 

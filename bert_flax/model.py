@@ -31,6 +31,7 @@ def _split(key: jax.Array | None, n: int) -> list[jax.Array | None]:
 
 class _BertBase:
   name = "bert"
+  unit = "tok"
   net_cfg: BertConfig
   cfg: ConfigDict
 
@@ -103,6 +104,21 @@ class BertPretrainModel(_BertBase):
       head += c.d_model * c.d_model  # pooler at every position
     return self._encoder_flops_per_token(self.cfg.data.seq_len) + 6.0 * head
 
+  def batch_shapes(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch `pretrain_dataset` feeds (bert_flax/data.py `_finalize`, masking's
+    `mask_sequence`) as abstract arrays, for ahead-of-time compilation (common/aot.py)."""
+    rows = (batch_size, self.cfg.data.seq_len)
+    preds = (batch_size, self.cfg.pretrain.max_predictions)
+    out = {k: jax.ShapeDtypeStruct(rows, jnp.int32)
+           for k in ("tokens", "type_ids", "positions", "segment_ids")}
+    out |= {"mlm_positions": jax.ShapeDtypeStruct(preds, jnp.int32),
+            "mlm_targets": jax.ShapeDtypeStruct(preds, jnp.int32),
+            "mlm_weights": jax.ShapeDtypeStruct(preds, jnp.float32)}
+    if self.net_cfg.nsp_head:
+      out |= {"nsp_labels": jax.ShapeDtypeStruct(rows, jnp.int32),
+              "nsp_weights": jax.ShapeDtypeStruct(rows, jnp.float32)}
+    return out
+
 
 class BertClassifierModel(_BertBase):
   """[CLS] -> pooler -> dropout -> dense: cross-entropy over `num_labels` classes, or squared
@@ -148,3 +164,13 @@ class BertClassifierModel(_BertBase):
     seq = self.cfg.data.seq_len
     return seq * self._encoder_flops_per_token(seq) + 6.0 * (c.d_model * c.d_model
                                                               + c.d_model * c.num_labels)
+
+  def batch_shapes(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch `classification_dataset` feeds (common/data/classification.py) as
+    abstract arrays, for ahead-of-time compilation (common/aot.py); float labels regress."""
+    rows, one = (batch_size, self.cfg.data.seq_len), (batch_size, 1)
+    out = {k: jax.ShapeDtypeStruct(rows, jnp.int32)
+           for k in ("tokens", "type_ids", "positions", "segment_ids")}
+    label_dtype = jnp.float32 if self.num_labels == 1 else jnp.int32
+    return out | {"labels": jax.ShapeDtypeStruct(one, label_dtype),
+                  "weights": jax.ShapeDtypeStruct(one, jnp.float32)}

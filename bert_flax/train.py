@@ -24,7 +24,7 @@ from ml_collections import ConfigDict
 from bert_flax.data import pretrain_dataset
 from bert_flax.masking import masking_config
 from bert_flax.model import TASKS, BertClassifierModel, BertPretrainModel
-from common import entry, trainer
+from common import entry, steps, train_state, trainer
 from common.checkpoint import resolve_checkpoint
 from common.data import classification as cls_data
 from common.data.sources import open_source
@@ -204,14 +204,14 @@ def finetune(cfg: ConfigDict, workdir: str) -> trainer.TrainResult:
 
   eval_step: list = []
 
-  def evaluate(role: str, state: dict, setup: trainer.Setup) -> dict[str, float]:
+  def evaluate(role: str, state: dict, setup: train_state.Setup) -> dict[str, float]:
     if not eval_step:
-      eval_step.append(trainer.make_eval_step(setup))
-    m = trainer.evaluate(eval_step[0], state["params"], make_iter(role, train=False),
+      eval_step.append(steps.make_eval_step(setup))
+    m = steps.evaluate(eval_step[0], state["params"], make_iter(role, train=False),
                          cls_data.num_batches(len(sources[role]), batch))
     return _summary(m, num_labels)
 
-  def extra_eval(step: int, state: dict, setup: trainer.Setup) -> dict[str, float]:
+  def extra_eval(step: int, state: dict, setup: train_state.Setup) -> dict[str, float]:
     out = evaluate("validation", state, setup)
     epoch = step / ft.train.eval_every
     print(f"epoch {epoch:g} | validation ({c.eval_split}): {_fmt(out)}", flush=True)
@@ -230,7 +230,7 @@ def finetune(cfg: ConfigDict, workdir: str) -> trainer.TrainResult:
   result = trainer.train(
       model, ft, workdir, make_train_iter=lambda: make_iter("train", train=True),
       make_eval_iter=lambda: make_iter("validation", train=False),
-      init_params_from=run_dir, on_start=on_start, extra_eval=extra_eval, continue_step=False)
+      init_from=run_dir, on_start=on_start, extra_eval=extra_eval)
   _report(result, cfg, workdir, labels, columns, sources)
   return result
 

@@ -1,32 +1,44 @@
-"""Orbax checkpoints: async saves, keep-last-N, resume with data position, any-mesh restore.
+"""Orbax checkpoints: async saves, keep-last-N, resume with data position, any-mesh restore, and
+nothing lost: a damaged checkpoint is moved aside (the run falls back to the previous one), a
+failed save leaves no partial directory, and no pre-existing checkpoint is rotated away by a
+smaller keep count.
 
 A checkpoint step holds four items: `params` (alone, so fine-tuning and weight conversion load
-just them), `opt_state` (with the step), `data` (the input iterator's state: grain writes one
-JSON file per process, so multi-host runs resume every host's shard) and `meta`
-(the model's identity, so a work dir is never silently resumed with a different model).
-Orbax writes each step to a temporary directory and renames it when complete, so a crash
-mid-save never leaves a checkpoint that looks whole.
+just them), `opt_state` (with the step), `data` (the input iterator's position: one JSON file
+per process, merged on restore so any number of processes can resume it) and `meta` (the
+model's identity, so a work dir is never silently resumed with a different model). Orbax
+writes each step to a temporary directory and renames it when complete, so a crash mid-save
+never leaves a checkpoint that looks whole.
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import os
+import shutil
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from grain import checkpoint as grain_ckpt
 
-
-def _abstract(tree: Any, shardings: Any) -> Any:
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      tree, shardings)
-
+from common.data_state import DataRestore, DataSave, DataStateError
 
 # Network-config fields that say how a model runs, not what it is: a run resumes or fine-tunes
 # with other values of these (an fp32 run in bf16, another remat policy or attention kernel).
 EXECUTION_FIELDS = frozenset({"dtype", "remat_policy", "attention_impl", "dropout_rate",
                               "attention_dropout_rate"})
+DAMAGED_DIR = "damaged"  # where damaged checkpoints are moved (not a step name: Orbax skips it)
+
+
+class CheckpointError(OSError):
+  """A checkpoint could not be written (disk full, permissions): one line for the user."""
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      tree, shardings)
 
 
 def _diff(saved: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
@@ -44,27 +56,62 @@ def _diff(saved: dict, current: dict, prefix: str = "") -> list[tuple[str, objec
   return out
 
 
-class Checkpointer:
-  """Thin policy layer over `ocp.CheckpointManager` for one work dir."""
+def _short(e: BaseException) -> str:
+  return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+
+def _meta_at(root: str, step: int) -> dict:
+  path = os.path.join(root, str(step), "meta", "metadata")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"checkpoint meta {path} is unreadable ({_short(e)})") from None
+
+
+class Checkpointer:
+  """Policy layer over `ocp.CheckpointManager` for one work dir's `checkpoints/`."""
+
+  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True,
+               prune_existing: bool = False):
+    if max_to_keep < 1:
+      raise ValueError(f"train.keep_checkpoints={max_to_keep} must be >= 1 (it would delete "
+                       "every checkpoint)")
     self.directory = os.path.abspath(directory)
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             enable_async_checkpointing=async_save,
-                                             create=True))
+    self.max_to_keep, self.async_save = max_to_keep, async_save
+    self._manager: ocp.CheckpointManager | None = None
+    existing = self.steps()
+    if len(existing) > max_to_keep and not prune_existing:
+      raise ValueError(
+          f"{self.directory} holds {len(existing)} checkpoints (steps {existing}) and "
+          f"train.keep_checkpoints={max_to_keep} would delete the oldest "
+          f"{len(existing) - max_to_keep} at the next save; raise train.keep_checkpoints or "
+          "set --config.train.prune_checkpoints=True to allow it")
+
+  @property
+  def manager(self) -> ocp.CheckpointManager:
+    if self._manager is None:
+      self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+          max_to_keep=self.max_to_keep, enable_async_checkpointing=self.async_save,
+          create=False))
+    return self._manager
+
+  def steps(self) -> list[int]:
+    """Complete checkpoint steps on disk, oldest first (none when the directory is absent)."""
+    if not os.path.isdir(self.directory):
+      return []
+    return sorted(ocp.utils.checkpoint_steps(self.directory))
 
   def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    steps = self.steps()
+    return steps[-1] if steps else None
 
   def check_identity(self, identity: dict) -> None:
     """Raises if the latest checkpoint was written by a different model."""
     step = self.latest_step()
     if step is None:
       return
-    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    diffs = _diff(meta["identity"], identity)
+    diffs = _diff(_meta_at(self.directory, step).get("identity", {}), identity)
     if diffs:
       described = "; ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, a, b in diffs[:5])
       # Config fields (e.g. a preset that changed model.scan_layers) can be set back by flag.
@@ -75,13 +122,33 @@ class Checkpointer:
       raise ValueError(f"work dir {self.directory} holds a checkpoint of a different model "
                        f"({described}); use a new --workdir{hint}")
 
-  def save(self, step: int, state: dict, data_iter: Any, identity: dict, *,
-           force: bool = False) -> bool:
-    return self.manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state["params"]),
-        opt_state=ocp.args.StandardSave({"step": state["step"], "opt_state": state["opt_state"]}),
-        data=grain_ckpt.CheckpointSave(data_iter),
-        meta=ocp.args.JsonSave({"identity": identity, "step": int(step)})), force=force)
+  def save(self, step: int, state: dict, data_iter: Any, identity: dict) -> None:
+    """Starts an (async) save; a failure of this one or of the previous one is a
+    CheckpointError after the partial directory is removed."""
+    os.makedirs(self.directory, exist_ok=True)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(state["params"]),
+          opt_state=ocp.args.StandardSave({"step": state["step"],
+                                           "opt_state": state["opt_state"]}),
+          data=DataSave(data_iter),
+          meta=ocp.args.JsonSave({"identity": identity, "step": int(step)})), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      self._failed(step, e)
+
+  def wait(self) -> None:
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self._failed(None, e)
+
+  def _failed(self, step: int | None, e: BaseException) -> None:
+    """Removes temporary save directories and raises one clear line."""
+    for tmp in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
+      shutil.rmtree(tmp, ignore_errors=True)
+    which = f"checkpoint {step}" if step is not None else "a checkpoint"
+    raise CheckpointError(f"saving {which} in {self.directory} failed ({_short(e)}); the "
+                          f"partial save was removed; intact checkpoints: {self.steps()}") from e
 
   def restore(self, step: int, abstract_state: dict, shardings: dict, data_iter: Any) -> dict:
     """Restores onto `shardings` (any mesh: Orbax reshards on read); `data_iter` is moved to
@@ -91,16 +158,45 @@ class Checkpointer:
         params=ocp.args.StandardRestore(target["params"]),
         opt_state=ocp.args.StandardRestore({"step": target["step"],
                                             "opt_state": target["opt_state"]}),
-        data=grain_ckpt.CheckpointRestore(data_iter)))
+        data=DataRestore(data_iter)))
     return {"step": out["opt_state"]["step"], "params": out["params"],
             "opt_state": out["opt_state"]["opt_state"]}
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
+  def restore_latest(self, abstract_state: dict, shardings: dict, data_iter: Any
+                     ) -> tuple[dict, int] | None:
+    """(state, step) of the newest checkpoint that restores, or None if there is none. A
+    checkpoint that fails to read is moved to `damaged/` (never deleted), with a warning
+    naming it and why, and the previous one is tried."""
+    for step in reversed(self.steps()):
+      try:
+        return self.restore(step, abstract_state, shardings, data_iter), step
+      except DataStateError:
+        raise
+      except (ValueError, OSError, KeyError, json.JSONDecodeError) as e:
+        dest = self._move_aside(step)
+        print(f"warning: checkpoint {step} could not be restored ({_short(e)}); moved to "
+              f"{dest}; trying the previous one", flush=True)
+    return None
+
+  def _move_aside(self, step: int) -> str:
+    dest = os.path.join(self.directory, DAMAGED_DIR, f"{step}-{int(time.time())}")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(dest), exist_ok=True)
+      os.replace(os.path.join(self.directory, str(step)), dest)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"checkpoint_moved_{step}")
+    if self._manager is not None:
+      self._manager.reload()
+    return dest
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    if self._manager is not None:
+      try:
+        self.wait()
+      finally:
+        self._manager.close()
+        self._manager = None
 
 
 def resolve_checkpoint(path: str) -> tuple[str, int]:
@@ -134,8 +230,9 @@ def load_params(path: str, abstract_params: Any, shardings: Any, *, strict: bool
   """
   root, step = resolve_checkpoint(path)
   step_dir = os.path.join(root, str(step))
-  on_disk = _flat(ocp.StandardCheckpointer().metadata(
-      os.path.join(step_dir, "params")).item_metadata.tree)
+  disk_tree = ocp.StandardCheckpointer().metadata(
+      os.path.join(step_dir, "params")).item_metadata.tree
+  on_disk = _flat(disk_tree)
   wanted = _flat(abstract_params)
   target_shardings = _flat(shardings)
   missing = sorted("/".join(k) for k in wanted.keys() - on_disk.keys())
@@ -150,16 +247,15 @@ def load_params(path: str, abstract_params: Any, shardings: Any, *, strict: bool
   if not wanted.keys() & on_disk.keys():
     raise ValueError(f"checkpoint {step_dir} shares no parameter with this model (another "
                      "architecture?)")
+
   # Restore in the checkpoint's own tree structure; leaves this model does not use stay unread.
-  disk_tree = ocp.StandardCheckpointer().metadata(
-      os.path.join(step_dir, "params")).item_metadata.tree
   def target_leaf(p, meta):
     key = tuple(str(getattr(k, "key", k)) for k in p)
     if key not in wanted:
       return ocp.PLACEHOLDER
     return jax.ShapeDtypeStruct(meta.shape, wanted[key].dtype, sharding=target_shardings[key])
   target = jax.tree_util.tree_map_with_path(target_leaf, disk_tree)
-  with ocp.CheckpointManager(root) as mgr:
+  with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True)) as mgr:
     meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     restored = mgr.restore(step, args=ocp.args.Composite(params=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))))["params"]
@@ -167,3 +263,8 @@ def load_params(path: str, abstract_params: Any, shardings: Any, *, strict: bool
   leaves = [got.get(k) for k in _flat(abstract_params)]
   params = jax.tree.unflatten(jax.tree.structure(abstract_params), leaves)
   return params, step, meta, missing
+
+
+def read_meta(path: str) -> dict:
+  """The meta item ({identity, step}) of the checkpoint at `path` (see resolve_checkpoint)."""
+  return _meta_at(*resolve_checkpoint(path))

@@ -30,7 +30,13 @@ def base_config() -> ConfigDict:
   c.train = ConfigDict(dict(
       batch_size=8, num_steps=1000, grad_accum_steps=1, log_every=10, eval_every=500,
       eval_batches=8, checkpoint_every=500, keep_checkpoints=3, async_checkpoint=True,
-      peak_flops_per_device=0.0))
+      peak_flops_per_device=0.0,
+      # Stop (before the next checkpoint) when a step's loss exceeds this many times the
+      # median of the last 100 steps; 0 = off. Non-finite losses always stop.
+      spike_factor=3.0,
+      # Allow a keep_checkpoints smaller than the number of checkpoints already in the work
+      # dir (the oldest are then deleted at the next save).
+      prune_checkpoints=False))
   c.optimizer = ConfigDict(dict(
       name="adamw", learning_rate=3e-4, warmup_steps=100, schedule="cosine", end_lr_ratio=0.1,
       weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0, adafactor_decay_rate=0.8,

@@ -40,6 +40,25 @@ def peak_flops(dtype: str, override: float = 0.0) -> float:
   return PEAK_FLOPS.get(kind, {}).get(dtype, 0.0) * jax.device_count()
 
 
+def _drop_rows_after(path: str, step: int) -> None:
+  """Rewrites `path` (atomically) without the rows of steps after `step`."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        keep.append(line)
+    except (ValueError, KeyError, TypeError):
+      continue  # a torn last line from a killed run
+  if len(keep) != len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
 def _has_avx512_bf16() -> bool:
   try:
     with open("/proc/cpuinfo") as f:
@@ -49,16 +68,22 @@ def _has_avx512_bf16() -> bool:
 
 
 class MetricsWriter:
+  """One row per step in `metrics.jsonl` and TensorBoard, also across resumes: a run resumed
+  at step `resume_step` first drops the rows written after it (they are about to be replayed)
+  and tells TensorBoard to purge those events."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, resume_step: int = 0):
     self.enabled = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
     if self.enabled:
       from tensorboardX import SummaryWriter
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      path = os.path.join(workdir, "metrics.jsonl")
+      _drop_rows_after(path, resume_step)
+      self._jsonl = open(path, "a")
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                               purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, metrics: Mapping[str, float], *, console: str | None = None) -> None:
     if not self.enabled:

@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from common import allocator, checkpoint, decoding, entry, feature_major, sharding, trainer
+from common import allocator, checkpoint, decoding, entry, feature_major, sharding, train_state
 from common import config as config_lib
 from common.attention import KVCache, LayerCaches
 from common.partitioning import Partitioner
@@ -235,7 +235,7 @@ def generate_text(graphdef, params, vocab: Vocabulary, prompts: list[str], *, ma
 class LoadedGPT:
   """A trained GPT ready for inference: its config, setup (mesh, rules), params, tokenizer."""
   cfg: ml_collections.ConfigDict
-  setup: trainer.Setup
+  setup: train_state.Setup
   params: Any
   vocab: Vocabulary
   step: int
@@ -291,7 +291,7 @@ def load_gpt(path: str, *, tokenizer: str | None = None,
                      f"{cfg.model.vocab_size}: wrong --tokenizer?")
   if mesh_shape is not None:
     cfg.mesh.update(dict(zip(("data", "fsdp", "tensor"), mesh_shape)))
-  setup = trainer.make_setup(GPTModel(cfg), cfg, Partitioner.from_config(cfg.mesh))
+  setup = train_state.make_setup(GPTModel(cfg), cfg, Partitioner.from_config(cfg.mesh))
   params, step, _, _ = checkpoint.load_params(path, setup.abstract_state["params"],
                                               setup.state_shardings["params"], strict=True)
   return LoadedGPT(cfg, setup, params, vocab, step, run_dir)

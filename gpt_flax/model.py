@@ -25,6 +25,7 @@ class GPTModel:
   """Next-token prediction on packed rows (`inputs` -> `targets`, weighted by `weights`)."""
 
   name = "gpt"
+  unit = "tok"
 
   def __init__(self, cfg: ConfigDict):
     self.cfg = cfg
@@ -63,3 +64,10 @@ class GPTModel:
 
   def identity(self) -> dict:
     return {"family": self.name, "model": dataclasses.asdict(self.net_cfg)}
+
+  def batch_shapes(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch `lm_dataset` feeds (common/data/pipeline.py `_finalize`) as abstract
+    arrays: what ahead-of-time compilation (common/aot.py) lowers the steps for, without data."""
+    shape = (batch_size, self.cfg.data.seq_len)
+    return {k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == "weights" else jnp.int32)
+            for k in ("inputs", "targets", "segment_ids", "positions", "weights")}

@@ -34,7 +34,7 @@ def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
       GPTModel(cfg), cfg, workdir,
       make_train_iter=lambda: make_iter(d.train_split, train=True),
       make_eval_iter=lambda: make_iter(d.eval_split, train=False),
-      init_params_from=cfg.init_checkpoint or None,
+      init_from=cfg.init_checkpoint or None,
       on_start=lambda: entry.record_run(cfg, workdir, vocab))
   ev = result.eval_metrics
   print(f"validation ({d.eval_split}): loss {ev['loss']:.4f}, perplexity {ev['perplexity']:.2f}, "

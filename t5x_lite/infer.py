@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 from ml_collections import ConfigDict
 
-from common import allocator, entry, trainer
+from common import allocator, entry, train_state
 from common import config as config_lib
 from common.checkpoint import load_params
 from common.partitioning import Partitioner
@@ -57,7 +57,7 @@ def load_run(workdir: str):
     raise ValueError(f"{workdir} holds a {identity.get('family')!r} checkpoint, not a T5 one")
   vocab = load_vocab(os.path.join(workdir, "vocab"))
   model = T5Model(cfg, checkpoint_scaling=identity["model"]["attn_logit_scaling"])
-  setup = trainer.make_setup(model, cfg, Partitioner.from_config(cfg.mesh))
+  setup = train_state.make_setup(model, cfg, Partitioner.from_config(cfg.mesh))
   params, *_ = load_params(workdir, setup.abstract_state["params"],
                            setup.state_shardings["params"])
   return cfg, vocab, setup.graphdef, params, setup.partitioner

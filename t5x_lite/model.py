@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
+from common.data.seq2seq import FEATURES
 from common.losses import cross_entropy
 from t5x_lite.network import T5, T5Config
 
@@ -85,3 +87,14 @@ class T5Model:
 
   def identity(self) -> dict:
     return {"family": self.name, "model": dataclasses.asdict(self.net_cfg)}
+
+  def batch_shapes(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch of T5X features the pipelines feed (common/data/seq2seq.py `finalize`,
+    also behind span corruption), at this model's input / target lengths, as abstract arrays
+    for ahead-of-time compilation (common/aot.py)."""
+    out = {}
+    for name in FEATURES:
+      length = self.input_len if name.startswith("encoder_") else self.target_len
+      dtype = jnp.float32 if name == "decoder_loss_weights" else jnp.int32
+      out[name] = jax.ShapeDtypeStruct((batch_size, length), dtype)
+    return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import orbax.checkpoint as ocp
 
-from common import entry, trainer
+from common import entry, train_state, trainer
 from common.checkpoint import resolve_checkpoint
 from common.data.sources import open_source
 from t5x_lite import tasks
@@ -73,7 +73,7 @@ def rouge_eval(cfg, vocab):
   r = cfg.rouge
   _, ids, targets = tasks.text_examples(cfg, vocab, cfg.data.eval_split, r.num_examples)
 
-  def extra_eval(step: int, state: dict, setup: trainer.Setup) -> dict[str, float]:
+  def extra_eval(step: int, state: dict, setup: train_state.Setup) -> dict[str, float]:
     outs = predict_ids(setup.graphdef, state["params"], ids, input_len=cfg.data.max_input_len,
                        max_decode_len=r.max_decode_len, batch_size=r.batch_size,
                        eos_id=vocab.eos_id, beam_size=r.beam_size, alpha=r.alpha,
@@ -106,7 +106,7 @@ def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
       model, cfg, workdir,
       make_train_iter=tasks.make_iter_fn(cfg, vocab, d.train_split, train=True),
       make_eval_iter=tasks.make_iter_fn(cfg, vocab, d.eval_split, train=False),
-      init_params_from=cfg.init_checkpoint or None,
+      init_from=cfg.init_checkpoint or None,
       on_start=lambda: entry.record_run(cfg, workdir, vocab),
       extra_eval=rouge_eval(cfg, vocab) if use_rouge else None)
   ev = result.eval_metrics

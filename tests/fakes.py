@@ -85,26 +85,24 @@ class SyntheticLM:
     rows = self.batch // n
     return {k: v[p * rows:(p + 1) * rows] for k, v in full.items()}
 
-  def get_state(self) -> bytes:  # grain's iterator-state protocol for non-grain iterators
-    return json.dumps({"i": self.i}).encode()
+  def get_state(self) -> dict:  # the data position: the same on every process
+    return {"i": self.i}
 
-  def set_state(self, state: bytes) -> None:
-    self.i = json.loads(state)["i"]
-
-  def start_prefetch(self) -> None:  # part of the same protocol; nothing to prefetch
-    pass
+  def set_state(self, state: dict) -> None:
+    self.i = state["i"]
 
 
-def step_losses(cfg, partitioner, steps: int = 3):
-  """(setup, state, losses) after `steps` jitted train steps of the tiny GPT on SyntheticLM."""
-  from common import trainer  # pylint: disable=g-import-not-at-top
+def step_losses(cfg, partitioner, num_steps: int = 3):
+  """(setup, state, losses) after `num_steps` jitted train steps of the tiny GPT on
+  SyntheticLM."""
+  from common import steps, train_state  # pylint: disable=g-import-not-at-top
   from gpt_flax.model import GPTModel  # pylint: disable=g-import-not-at-top
-  setup = trainer.make_setup(GPTModel(cfg), cfg, partitioner)
-  state = trainer.init_state(setup)
-  step = trainer.make_train_step(setup)
+  setup = train_state.make_setup(GPTModel(cfg), cfg, partitioner)
+  state = train_state.init_state(setup)
+  step = steps.make_train_step(setup)
   data = SyntheticLM(cfg.train.batch_size, cfg.data.seq_len, cfg.model.vocab_size)
   losses = []
-  for _ in range(steps):
+  for _ in range(num_steps):
     state, metrics = step(state, partitioner.global_batch(next(data)))
     losses.append(float(metrics["loss"]))
   return setup, state, losses

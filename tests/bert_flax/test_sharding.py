@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 from bert_flax.model import BertPretrainModel
-from common import trainer
+from common import steps, train_state
 from common.partitioning import Partitioner
 from configs.bert import get_config
 from tests.bert_flax.fakes import synthetic_batch
@@ -16,13 +16,13 @@ def _cfg():
   return cfg
 
 
-def _losses(partitioner, steps=2):
+def _losses(partitioner, num_steps=2):
   cfg = _cfg()
-  setup = trainer.make_setup(BertPretrainModel(cfg), cfg, partitioner)
-  state = trainer.init_state(setup)
-  step = trainer.make_train_step(setup)
+  setup = train_state.make_setup(BertPretrainModel(cfg), cfg, partitioner)
+  state = train_state.init_state(setup)
+  step = steps.make_train_step(setup)
   out = []
-  for i in range(steps):
+  for i in range(num_steps):
     state, m = step(state, partitioner.global_batch(synthetic_batch(cfg, i)))
     out.append([float(m[k]) for k in ("loss", "mlm_loss", "nsp_loss", "grad_norm")])
   return np.array(out)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bert_flax import train
-from common import trainer
+from common import train_state
 from common.checkpoint import load_params
 from common.tokenizer import train_sentencepiece
 from configs.bert import get_config
@@ -89,7 +89,7 @@ def test_pretrain_then_finetune(data, pretrained, tmp_path, capsys):
       "classifier/bias", "classifier/kernel", "pooler/bias", "pooler/kernel"]
   flat = lambda t: {jax.tree_util.keystr(k): np.asarray(v)
                     for k, v in jax.tree_util.tree_leaves_with_path(t) if v is not None}
-  tuned, loaded, fresh = flat(tuned), flat(loaded), flat(trainer.init_state(ft.setup)["params"])
+  tuned, loaded, fresh = flat(tuned), flat(loaded), flat(train_state.init_state(ft.setup)["params"])
   matrices = [k for k in loaded if k.endswith(("['kernel']", "['embedding']"))]  # random init
   assert any("tokens" in k for k in matrices) and any("encoder" in k for k in matrices)
   for k in matrices:

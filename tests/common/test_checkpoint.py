@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from common import checkpoint, trainer
+from common import checkpoint, train_state
 from common.partitioning import Partitioner
 from configs.gpt import get_config
 from gpt_flax.model import GPTModel
@@ -12,18 +12,18 @@ from tests.fakes import SyntheticLM
 
 
 def _setup(cfg, shape, devices=None):
-  return trainer.make_setup(GPTModel(cfg), cfg, Partitioner(*shape, devices=devices))
+  return train_state.make_setup(GPTModel(cfg), cfg, Partitioner(*shape, devices=devices))
 
 
 @pytest.mark.parametrize("target", [((4, 2, 1), None), ((1, 1, 1), 1)])
 def test_restore_onto_another_mesh(tmp_path, target):
   cfg = get_config("tiny")
   src = _setup(cfg, (2, 1, 4))
-  state = trainer.init_state(src)
+  state = train_state.init_state(src)
   ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
   data = SyntheticLM()
   next(data)
-  ckpt.save(1, state, data, {"family": "gpt"}, force=True)
+  ckpt.save(1, state, data, {"family": "gpt"})
   ckpt.close()
   shape, ndev = target
   dst = _setup(cfg, shape, jax.devices()[:ndev] if ndev else None)
@@ -40,9 +40,9 @@ def test_restore_onto_another_mesh(tmp_path, target):
 def test_load_params_only(tmp_path):
   cfg = get_config("tiny")
   setup = _setup(cfg, (2, 2, 2))
-  state = trainer.init_state(setup)
+  state = train_state.init_state(setup)
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
-  ckpt.save(7, state, SyntheticLM(), {"family": "gpt"}, force=True)
+  ckpt.save(7, state, SyntheticLM(), {"family": "gpt"})
   ckpt.close()
   params, step, meta, missing = checkpoint.load_params(
       str(tmp_path), setup.abstract_state["params"], setup.state_shardings["params"])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from common import convert, trainer
+from common import convert, train_state
 from common.checkpoint import load_params
 from common.hf_vocab import TokenizersVocab
 from common.vocab import load_vocab
@@ -138,7 +138,7 @@ def test_sharded_bf16_safetensors_and_sharded_mesh_load(tmp_path):
     json.dump(_config(), f)
   cfg = _import(str(src), tmp_path / "wd")
   # What fine-tuning and inference do: strict params-only load onto a sharded 2x2x2 partitioner.
-  setup = trainer.make_setup(GPTModel(cfg), cfg, Partitioner(2, 2, 2))
+  setup = train_state.make_setup(GPTModel(cfg), cfg, Partitioner(2, 2, 2))
   params, step, meta, _ = load_params(str(tmp_path / "wd"), setup.abstract_state["params"],
                                       setup.state_shardings["params"])
   assert step == 0 and meta["identity"] == GPTModel(cfg).identity()

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from common import sharding, trainer
+from common import sharding, train_state
 from common.partitioning import Partitioner
 from configs.gpt import get_config
 from gpt_flax.model import GPTModel
@@ -67,7 +67,7 @@ def test_sharded_params_and_losses_match_single_device(shape, reference):
 def test_adam_state_follows_params():
   cfg = get_config("tiny")
   partitioner = Partitioner(2, 2, 2)
-  setup = trainer.make_setup(GPTModel(cfg), cfg, partitioner)
+  setup = train_state.make_setup(GPTModel(cfg), cfg, partitioner)
   mu = setup.state_shardings["opt_state"][1][0].mu
   assert mu["embed"]["embedding"].spec == setup.state_shardings["params"]["embed"]["embedding"].spec
 
@@ -77,7 +77,7 @@ def test_adafactor_factored_moments_are_sharded_like_their_params():
   cfg.optimizer.name = "adafactor"
   cfg.optimizer.adafactor_min_dim_to_factor = 32  # factor the tiny model's matrices
   partitioner = Partitioner(2, 2, 2)
-  setup = trainer.make_setup(GPTModel(cfg), cfg, partitioner)
+  setup = train_state.make_setup(GPTModel(cfg), cfg, partitioner)
   pspec = setup.state_specs["params"]["layers"]["layers"]["mlp"]["wi"]["kernel"]  # (layers, embed, mlp)
   leaves = jax.tree_util.tree_flatten_with_path(setup.state_specs["opt_state"],
                                                 is_leaf=lambda x: isinstance(x, P))[0]
@@ -91,7 +91,7 @@ def test_adafactor_factored_moments_are_sharded_like_their_params():
   assert found["v_row"] == P(*tuple(pspec)[:-1])
   assert found["v_col"] == P(*(tuple(pspec)[:-2] + tuple(pspec)[-1:]))
   # And training with it on a sharded mesh matches one device.
-  _, _, sharded = step_losses(cfg, partitioner, steps=2)
+  _, _, sharded = step_losses(cfg, partitioner, num_steps=2)
   _, _, single = step_losses(cfg, Partitioner(1, 1, 1, devices=jax.devices()[:1]), 2)
   np.testing.assert_allclose(sharded, single, atol=1e-5)
 
@@ -108,4 +108,4 @@ def test_batch_not_divisible_by_data_axes():
   cfg = get_config("tiny")
   cfg.train.batch_size = 12
   with pytest.raises(ValueError, match="not divisible by the data axes"):
-    trainer.check_config(cfg, partitioner)
+    train_state.check_config(cfg, partitioner)

@@ -19,7 +19,7 @@ import pytest
 from flax import nnx
 
 from common import config as config_lib
-from common import decoding, trainer
+from common import decoding, train_state
 from common.tokenizer import train_sentencepiece
 from common.vocab import load_vocab
 from common.partitioning import Partitioner
@@ -42,8 +42,8 @@ def make_workdir(root: str, step: int = 7) -> str:
   cfg = get_config("tiny")
   cfg.data.tokenizer = sp
   model = GPTModel(cfg)
-  setup = trainer.make_setup(model, cfg, Partitioner(1, 1, 1, devices=jax.devices()[:1]))
-  params = trainer.init_state(setup)["params"]
+  setup = train_state.make_setup(model, cfg, Partitioner(1, 1, 1, devices=jax.devices()[:1]))
+  params = train_state.init_state(setup)["params"]
   config_lib.save_config(cfg, root)
   load_vocab(sp).save_to(os.path.join(root, "vocab"))
   with ocp.CheckpointManager(os.path.join(root, "checkpoints")) as mgr:
@@ -144,8 +144,8 @@ def test_bf16_params_cast_once_give_the_same_logits():
   cfg = get_config("tiny")
   cfg.model.dtype = "bfloat16"
   one_device = Partitioner(1, 1, 1, devices=jax.devices()[:1])
-  setup = trainer.make_setup(GPTModel(cfg), cfg, one_device)
-  params = trainer.init_state(setup)["params"]
+  setup = train_state.make_setup(GPTModel(cfg), cfg, one_device)
+  params = train_state.init_state(setup)["params"]
   tokens = jax.random.randint(jax.random.key(1), (2, 10), 4, 512)
   kw = dict(positions_BxL=jnp.broadcast_to(jnp.arange(10), (2, 10)),
             segment_ids_BxL=jnp.ones((2, 10), jnp.int32))

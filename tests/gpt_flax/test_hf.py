@@ -206,5 +206,5 @@ def test_imported_gpt2_generates_with_its_own_tokenizer(tmp_path):
       GPTModel(cfg), cfg, str(tmp_path / "ft"), make_eval_iter=None,
       make_train_iter=lambda: iter(lm_dataset(source, vocab, text_field="text", seq_len=16,
                                               batch_size=8, seed=0)),
-      init_params_from=str(tmp_path / "wd"))
+      init_from=str(tmp_path / "wd"))
   assert result.start_step == 0 and np.isfinite(result.history[-1]["loss"])

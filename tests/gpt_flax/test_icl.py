@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common import trainer
+from common import train_state
 from common.partitioning import Partitioner
 from configs.gpt import get_config
 from gpt_flax import generate as gen
@@ -48,8 +48,8 @@ def preferring(word: str) -> gen.LoadedGPT:
   the final LayerNorm outputs a constant (scale 0) pointing along `word`'s tied embedding."""
   cfg = get_config("tiny")
   vocab = WordVocab(WORDS)
-  setup = trainer.make_setup(GPTModel(cfg), cfg, Partitioner.from_config(cfg.mesh))
-  params = trainer.init_state(setup)["params"]
+  setup = train_state.make_setup(GPTModel(cfg), cfg, Partitioner.from_config(cfg.mesh))
+  params = train_state.init_state(setup)["params"]
   row = params["embed"]["embedding"][vocab.index[word]]
   params["final_norm"]["scale"] = jnp.zeros_like(params["final_norm"]["scale"])
   params["final_norm"]["bias"] = 50.0 * row / jnp.linalg.norm(row)

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from jax.extend import core as jcore
 
-from common import trainer
+from common import train_state
 from common.partitioning import Partitioner
 from gpt_flax import scaling
 from gpt_flax import scaling_fit as sf
@@ -119,7 +119,7 @@ def test_param_and_flop_counts_match_independent_counts():
 
   # Every matmul of a training step (forward + backward) traced: 6 x (matrix params + tied
   # logits) + attention per token; bias/norm params are in N but cost no matmul.
-  setup = trainer.make_setup(model, cfg, Partitioner.from_config(cfg.mesh))
+  setup = train_state.make_setup(model, cfg, Partitioner.from_config(cfg.mesh))
   b, t = sweep.batch_size, sweep.seq_len
   batch = {k: jnp.zeros((b, t), jnp.int32)
            for k in ("inputs", "targets", "segment_ids", "positions")}

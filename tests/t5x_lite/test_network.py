@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from common import trainer
+from common import steps, train_state
 from common.partitioning import Partitioner
 from configs.t5 import get_config
 from t5x_lite.model import T5Model
@@ -34,13 +34,13 @@ def test_cached_decoding_equals_full_forward(variant):
   decoder = IncrementalDecoder(net, encoded, b["encoder_segment_ids"])
   assert len(decoder.layers) == cfg.model.num_decoder_layers
   cache = decoder.init_cache(3, 7)
-  steps = []
+  outs = []
   for t in range(7):
     logits, cache = decoder(b["decoder_input_tokens"][:, t:t + 1], np.ones((3, 1), np.int32),
                             cache)
-    steps.append(logits)
+    outs.append(logits)
   assert int(cache.index) == 7
-  inc = jnp.concatenate(steps, axis=1)
+  inc = jnp.concatenate(outs, axis=1)
   real = b["decoder_segment_ids"] > 0
   np.testing.assert_allclose(np.asarray(inc)[real], np.asarray(full)[real], atol=2e-5)
 
@@ -60,12 +60,12 @@ def test_t5x_init_and_shared_relpos_tables():
   assert "bias" not in str(jax.tree_util.tree_structure(params))  # no dense/norm biases
 
 
-def _losses(cfg, partitioner, steps=2):
-  setup = trainer.make_setup(T5Model(cfg), cfg, partitioner)
-  state = trainer.init_state(setup)
-  step = trainer.make_train_step(setup)
+def _losses(cfg, partitioner, num_steps=2):
+  setup = train_state.make_setup(T5Model(cfg), cfg, partitioner)
+  state = train_state.init_state(setup)
+  step = steps.make_train_step(setup)
   out = []
-  for i in range(steps):
+  for i in range(num_steps):
     state, m = step(state, partitioner.global_batch(synthetic_batch(i, input_len=32,
                                                                  target_len=16)))
     out.append(float(m["loss"]))

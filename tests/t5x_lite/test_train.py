@@ -81,7 +81,7 @@ def test_finetune_via_flags_then_infer(corpus, pretrained, tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   assert "ROUGE on 8 validation examples" in done.stdout
   steps = [json.loads(l)["step"] for l in open(wd / "metrics.jsonl") if "train/loss" in l]
-  assert steps == [8]  # continued from the pretrained step 6 (logged every 2 steps)
+  assert steps == [2, 4, 6, 8]  # fine-tuning counts its own steps from 0 (logged every 2)
   # T5's fine-tuning schedule, but the learning rate given by flag.
   opt = json.load(open(wd / "config.json"))["optimizer"]
   assert (opt["schedule"], opt["learning_rate"], opt["warmup_steps"]) == ("constant", 0.002, 0)
@@ -160,7 +160,7 @@ def test_target_longer_than_allowed(corpus, tmp_path):
 def test_checkpoint_of_another_architecture(corpus, tmp_path):
   ckpt = Checkpointer(str(tmp_path / "gpt" / "checkpoints"), async_save=False)
   state = {"step": jnp.asarray(1, jnp.int32), "params": {"w": jnp.ones((2,))}, "opt_state": {}}
-  ckpt.save(1, state, SyntheticLM(), {"family": "gpt", "model": {}}, force=True)
+  ckpt.save(1, state, SyntheticLM(), {"family": "gpt", "model": {}})
   ckpt.close()
   cfg = _summarize(corpus, input_field="body", target_field="title")
   cfg.init_checkpoint = str(tmp_path / "gpt")
