@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import allocator, convert, train_state  # noqa: E402
+from common import allocator, param_layout, train_state  # noqa: E402
 from common.partitioning import Partitioner  # noqa: E402
 from configs.gpt import get_config  # noqa: E402
 from gpt_flax import hf as gpt_hf  # noqa: E402
@@ -157,7 +157,7 @@ def main(argv=None) -> None:
       runners.append(Ours(prec, params, max_len, prompts, args.new_tokens))
     if args.only != "ours":
       net = setup.merge(params)
-      canonical = convert.from_params(net, jax.device_get(params))
+      canonical = param_layout.from_params(net, jax.device_get(params))
       state = gpt_hf.export_tensors(model, canonical)
       runners.append(HF(prec, state, base, prompts, args.new_tokens, args.hf_attn))
 

@@ -5,7 +5,7 @@ fine-tuned, (b) fine-tuned from scratch, (c) the first-N-words baseline, wall ti
 """
 import json, statistics, sys
 from common.data.sources import open_source
-from t5x_lite.rouge import rouge
+from common.rouge import rouge
 
 out, data_dir = sys.argv[1], sys.argv[2]
 train = open_source("debian", "train", data_dir)

@@ -1,5 +1,5 @@
 """BERT <-> Hugging Face `BertForMaskedLM` / `BertForPreTraining` / `BertForSequenceClassification`
-tensor mapping (see common/convert.py).
+tensor mapping (see common/hf_files.py).
 
 HF BERT is post-LN with nn.Linear (weight [out, in]); the MLM decoder is tied to the word
 embeddings with its own bias (`cls.predictions.bias`), and the transform uses `hidden_act`
@@ -14,7 +14,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from bert_flax.model import BertClassifierModel, BertPretrainModel
-from common.convert import Family, Tensors
+from common.hf_files import Family, Tensors
 
 MLM, PRETRAIN, CLASSIFY = "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification"
 _ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu",

@@ -32,6 +32,8 @@ def _split(key: jax.Array | None, n: int) -> list[jax.Array | None]:
 class _BertBase:
   name = "bert"
   unit = "tok"
+  # Identity fields a fine-tuned model may change from its pretrained encoder's.
+  head_fields = ("mlm_head", "pooler", "nsp_head", "num_labels")
   net_cfg: BertConfig
   cfg: ConfigDict
 

@@ -3,17 +3,16 @@
 
 task=pretrain (default): masked-LM (+ NSP with --config.pretrain.nsp) on packed rows of
 config.data; reports validation MLM loss and accuracy.
-task=classify / regress: loads the encoder of `classify.init_from` (a pretraining work dir;
+task=classify / regress: loads the encoder of `finetune.init_from` (a pretraining work dir;
 empty = random init), adds a fresh head and fine-tunes it on `classify.dataset` for
-`classify.epochs` epochs with its own learning rate and warmup; reports accuracy (and F1 for
-two classes) on validation every epoch and on test at the end, next to the majority-class
-baseline. Results also go to DIR/results.json.
+`classify.epochs` epochs with the `finetune` section's learning rate and warmup; reports
+accuracy (and F1 for two classes) on validation every epoch and on test at the end, next to
+the majority-class baseline. Results also go to DIR/results.json.
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import os
 from typing import Any
@@ -24,15 +23,11 @@ from ml_collections import ConfigDict
 from bert_flax.data import pretrain_dataset
 from bert_flax.masking import masking_config
 from bert_flax.model import TASKS, BertClassifierModel, BertPretrainModel
+from common import config as config_lib
 from common import entry, steps, train_state, trainer
-from common.checkpoint import resolve_checkpoint
 from common.data import classification as cls_data
 from common.data.sources import open_source
-from common.vocab import Vocabulary, load_vocab
-
-# Architecture fields a fine-tuning config must share with the pretrained checkpoint.
-_ARCH = ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len", "type_vocab_size",
-         "pre_norm", "activation", "norm_eps")
+from common.rundir import RunDir
 
 
 def run(cfg: ConfigDict, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
@@ -55,7 +50,7 @@ def pretrain(cfg: ConfigDict, workdir: str, *, prepare: bool = False) -> trainer
   d, p = cfg.data, cfg.pretrain
   _check_seq_len(d.seq_len, cfg, "data.seq_len")
   open_source(d.dataset, d.train_split, d.data_dir)  # a missing dataset fails before anything
-  vocab = entry.load_checked_vocab(cfg)
+  vocab = entry.run_vocab(cfg)
   masking = masking_config(vocab, max_predictions=p.max_predictions, rate=p.mask_rate,
                            mask_frac=p.mask_token_frac, random_frac=p.random_token_frac,
                            whole_word=p.whole_word)
@@ -72,7 +67,7 @@ def pretrain(cfg: ConfigDict, workdir: str, *, prepare: bool = False) -> trainer
       BertPretrainModel(cfg), cfg, workdir,
       make_train_iter=lambda: make_iter(d.train_split, train=True),
       make_eval_iter=lambda: make_iter(d.eval_split, train=False),
-      on_start=lambda: entry.record_run(cfg, workdir, vocab))
+      on_start=lambda: RunDir(workdir).record(cfg, vocab))
   ev = result.eval_metrics
   line = (f"validation ({d.eval_split}): MLM loss {ev['mlm_loss']:.4f}, MLM accuracy "
           f"{ev['correct']:.4f} over {int(ev['tokens'])} tokens")
@@ -82,53 +77,9 @@ def pretrain(cfg: ConfigDict, workdir: str, *, prepare: bool = False) -> trainer
   return result
 
 
-def _sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
-
-
-def _pretrained_run_dir(init_from: str) -> str:
-  """The work dir of a checkpoint path (work dir, its checkpoints/ dir, or a step dir)."""
-  root, _ = resolve_checkpoint(init_from)
-  return os.path.dirname(root) if os.path.basename(root) == "checkpoints" else root
-
-
-def finetune_vocab(cfg: ConfigDict, run_dir: str | None) -> Vocabulary:
-  """The tokenizer the encoder was pretrained with (saved in its work dir). A different
-  `data.tokenizer` would feed the embeddings ids they never learnt: an error."""
-  saved = os.path.join(run_dir, "vocab") if run_dir else None
-  if saved is None or not os.path.isdir(saved):
-    return entry.load_checked_vocab(cfg)
-  pretrained = load_vocab(saved)
-  if cfg.data.tokenizer:
-    vocab = entry.load_checked_vocab(cfg)
-    # `path`, not `model_path`: a HF tokenizer.json (an imported BERT) has no .model file.
-    if _sha256(vocab.path) != _sha256(pretrained.path):
-      raise ValueError(f"tokenizer {cfg.data.tokenizer} ({vocab.vocab_size} ids) is not the "
-                       f"tokenizer the checkpoint was trained with ({pretrained.path}, "
-                       f"{pretrained.vocab_size} ids); leave data.tokenizer empty to use it")
-  if pretrained.vocab_size > cfg.model.vocab_size:
-    raise ValueError(f"the checkpoint's tokenizer has {pretrained.vocab_size} ids but "
-                     f"model.vocab_size is {cfg.model.vocab_size}")
-  return pretrained
-
-
-def _check_architecture(cfg: ConfigDict, run_dir: str) -> None:
-  path = os.path.join(run_dir, "config.json")
-  if not os.path.isfile(path):
-    return
-  with open(path) as f:
-    saved = json.load(f).get("model", {})
-  diffs = [f"{k}: checkpoint {saved[k]!r} vs config {cfg.model[k]!r}" for k in _ARCH
-           if k in saved and saved[k] != cfg.model[k]]
-  if diffs:
-    raise ValueError(f"{run_dir} was pretrained with a different architecture ("
-                     f"{'; '.join(diffs)}); use the same --config preset")
-
-
 def finetune_config(cfg: ConfigDict, n_train: int, n_eval: int) -> ConfigDict:
-  """Trainer config for fine-tuning: the `classify` section's batch, length, epochs (eval and
-  checkpoint once per epoch), learning rate and warmup, linear decay to 0."""
+  """Trainer config for fine-tuning: the `classify` section's batch, length and epochs (eval
+  and checkpoint once per epoch), the `finetune` section's schedule."""
   c = cfg.classify
   out = ConfigDict(cfg.to_dict())
   steps_per_epoch = n_train // c.batch_size
@@ -143,10 +94,7 @@ def finetune_config(cfg: ConfigDict, n_train: int, n_eval: int) -> ConfigDict:
                    checkpoint_every=steps_per_epoch, grad_accum_steps=1,
                    log_every=max(1, min(cfg.train.log_every, steps_per_epoch)),
                    eval_batches=cls_data.num_batches(n_eval, c.batch_size))
-  out.optimizer.update(learning_rate=c.learning_rate, weight_decay=c.weight_decay,
-                       warmup_steps=int(round(c.warmup_ratio * steps)), schedule="linear",
-                       end_lr_ratio=0.0)
-  return out
+  return config_lib.resolve_finetune(out)
 
 
 def _summary(m: dict[str, float], num_labels: int) -> dict[str, float]:
@@ -189,10 +137,7 @@ def finetune(cfg: ConfigDict, workdir: str) -> trainer.TrainResult:
     cls_data.check_labels(values, labels, f"{c.dataset} split {splits[role]!r}")
   num_labels = 1 if regression else len(labels)
 
-  run_dir = _pretrained_run_dir(c.init_from) if c.init_from else None
-  if run_dir:
-    _check_architecture(cfg, run_dir)
-  vocab = finetune_vocab(cfg, run_dir)
+  vocab = entry.run_vocab(cfg)
   ft = finetune_config(cfg, len(sources["train"]), len(sources["validation"]))
   model = BertClassifierModel(ft, num_labels)
   batch = ft.train.batch_size
@@ -222,7 +167,7 @@ def finetune(cfg: ConfigDict, workdir: str) -> trainer.TrainResult:
     return out
 
   def on_start() -> None:
-    entry.record_run(ft, workdir, vocab)
+    RunDir(workdir).record(ft, vocab)
     if jax.process_index() == 0:
       with open(os.path.join(workdir, "labels.json"), "w") as f:
         json.dump({"task": cfg.task, "labels": list(labels.names) if labels else None}, f)
@@ -230,7 +175,7 @@ def finetune(cfg: ConfigDict, workdir: str) -> trainer.TrainResult:
   result = trainer.train(
       model, ft, workdir, make_train_iter=lambda: make_iter("train", train=True),
       make_eval_iter=lambda: make_iter("validation", train=False),
-      init_from=run_dir, on_start=on_start, extra_eval=extra_eval)
+      init_from=cfg.finetune.init_from or None, on_start=on_start, extra_eval=extra_eval)
   _report(result, cfg, workdir, labels, columns, sources)
   return result
 
@@ -240,7 +185,7 @@ def _report(result: trainer.TrainResult, cfg: ConfigDict, workdir: str,
   """Final metrics next to the majority-class baseline (the training split's commonest label)."""
   ev = result.eval_metrics
   report: dict[str, Any] = {
-      "task": cfg.task, "dataset": cfg.classify.dataset, "init_from": cfg.classify.init_from,
+      "task": cfg.task, "dataset": cfg.classify.dataset, "init_from": cfg.finetune.init_from,
       "examples": {role: len(src) for role, src in sources.items()},
       "validation": {k: v for k, v in ev.items() if k in ("loss", "accuracy", "f1", "mse", "mae")},
       "test": {k[5:]: v for k, v in ev.items() if k.startswith("test_")}}
@@ -258,8 +203,8 @@ def _report(result: trainer.TrainResult, cfg: ConfigDict, workdir: str,
       json.dump(report, f, indent=2)
 
 
-cli = entry.make_cli(run, "bert", "demo")
+cli_main = entry.make_cli(run, "bert", "demo")
 
 
 if __name__ == "__main__":
-  cli()
+  cli_main()

@@ -41,7 +41,8 @@ def _abstract(tree: Any, shardings: Any) -> Any:
                       tree, shardings)
 
 
-def _diff(saved: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+def identity_diff(saved: dict, current: dict, prefix: str = ""
+                  ) -> list[tuple[str, object, object]]:
   """(dotted key, checkpoint value, config value) for every identity field that differs
   (execution settings of the model excepted)."""
   out = []
@@ -50,7 +51,7 @@ def _diff(saved: dict, current: dict, prefix: str = "") -> list[tuple[str, objec
       continue
     a, b = saved.get(k, "<absent>"), current.get(k, "<absent>")
     if isinstance(a, dict) and isinstance(b, dict):
-      out += _diff(a, b, f"{prefix}{k}.")
+      out += identity_diff(a, b, f"{prefix}{k}.")
     elif a != b:
       out.append((f"{prefix}{k}", a, b))
   return out
@@ -111,7 +112,7 @@ class Checkpointer:
     step = self.latest_step()
     if step is None:
       return
-    diffs = _diff(_meta_at(self.directory, step).get("identity", {}), identity)
+    diffs = identity_diff(_meta_at(self.directory, step).get("identity", {}), identity)
     if diffs:
       described = "; ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, a, b in diffs[:5])
       # Config fields (e.g. a preset that changed model.scan_layers) can be set back by flag.

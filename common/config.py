@@ -42,14 +42,36 @@ def base_config() -> ConfigDict:
       weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0, adafactor_decay_rate=0.8,
       adafactor_param_scale=True, adafactor_min_dim_to_factor=128))
   c.loss = ConfigDict(dict(z_loss=0.0, label_smoothing=0.0))
+  # Starting from another run's parameters, and the schedule fine-tuning tasks train with.
+  # `init_from`: a work dir (or a checkpoint inside one) whose parameters, and tokenizer,
+  # this run starts from; steps count from 0. When `task` is not "pretrain" the optimizer's
+  # learning_rate / schedule / warmup come from here (warmup as a fraction of num_steps).
+  c.finetune = ConfigDict(dict(init_from="", learning_rate=1e-4, schedule="linear",
+                               warmup_ratio=0.1))
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules="fsdp_tp",
                            allow_partial_sharding=False))
   return c
 
 
-def tokenizer_path(data_cfg: ConfigDict) -> str:
-  """`data.tokenizer`, or by default the Debian tokenizer that `--prepare` trains in data_dir."""
-  return data_cfg.tokenizer or os.path.join(data_cfg.data_dir, "tokenizers", "debian_sp8k.model")
+FINETUNE_SCHEDULE_KEYS = ("optimizer.learning_rate", "optimizer.schedule",
+                          "optimizer.warmup_steps")
+
+
+def is_finetuning_task(cfg: ConfigDict) -> bool:
+  return cfg.get("task", "pretrain") != "pretrain"
+
+
+def resolve_finetune(cfg: ConfigDict) -> ConfigDict:
+  """A copy of `cfg` whose optimizer schedule is `finetune`'s when the task fine-tunes (what
+  config.json then records); pretraining configs come back unchanged."""
+  cfg = ConfigDict(cfg.to_dict())
+  if is_finetuning_task(cfg):
+    f = cfg.finetune
+    if not 0 <= f.warmup_ratio < 1:
+      raise ValueError(f"finetune.warmup_ratio={f.warmup_ratio} must be in [0, 1)")
+    cfg.optimizer.update(learning_rate=f.learning_rate, schedule=f.schedule,
+                         warmup_steps=int(round(f.warmup_ratio * cfg.train.num_steps)))
+  return cfg
 
 
 def load_config_file(spec: str) -> ConfigDict:
@@ -88,6 +110,13 @@ def check_overrides(argv: Sequence[str], default_spec: str, flag: str = "config"
   config = load_config_file(spec)
   for key in overrides:
     check_key(config, key)
+  task = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith(f"--{flag}.task=")),
+              config.get("task", "pretrain"))
+  ignored = [k for k in overrides if k in FINETUNE_SCHEDULE_KEYS]
+  if task != "pretrain" and ignored:
+    key = ignored[0].split(".")[1].replace("warmup_steps", "warmup_ratio")
+    raise ValueError(f"task={task} fine-tunes with the finetune section's schedule, so "
+                     f"--config.{ignored[0]} would be ignored; set --config.finetune.{key}")
 
 
 def apply_overrides(config: ConfigDict, overrides: dict) -> ConfigDict:

@@ -12,12 +12,16 @@ import hashlib
 import io
 import json
 import os
+import re
 import time
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import sentencepiece as spm
-from absl import app, flags
+from absl import flags
+
+from common import cli
+from common.config import DEFAULT_DATA_DIR
 
 from common.vocab import (BOS_ID, CONTROL_SYMBOLS, EOS_ID, PAD_ID, UNK_ID, SentencePieceVocab,
                           atomic_write_bytes, sidecar_path)
@@ -79,8 +83,13 @@ def token_stats(vocab: SentencePieceVocab, texts: list[str]) -> dict[str, float]
 
 def train_from_dataset(dataset: str, data_dir: str, output: str, *, vocab_size: int = 8000,
                        text_field: str = "text", split: str = "train", max_docs: int = 200_000,
-                       model_type: str = "unigram", seed: int = 0, num_threads: int = 2) -> str:
-    """Train on (a seeded sample of) a dataset split; records provenance and token stats."""
+                       model_type: str = "unigram", seed: int = 0, num_threads: int = 2,
+                       fit_corpus: bool = False) -> str:
+    """Train on (a seeded sample of) a dataset split; records provenance and token stats.
+
+    `fit_corpus`: a corpus too small for `vocab_size` pieces gets the most it supports (what
+    SentencePiece names) instead of an error.
+    """
     from common.data.sources import get_text, open_source  # pylint: disable=g-import-not-at-top
 
     source = open_source(dataset, split, data_dir)
@@ -90,11 +99,23 @@ def train_from_dataset(dataset: str, data_dir: str, output: str, *, vocab_size: 
                np.sort(np.random.default_rng(seed).choice(n, max_docs, replace=False)))
     texts = [get_text(ex, text_field) for start in range(0, len(indices), 4096)
              for ex in source.__getitems__([int(i) for i in indices[start:start + 4096]])]
+    if not texts:
+        raise ValueError(f"{dataset}:{split} has no documents to train a tokenizer on")
     start = time.time()
-    path = train_sentencepiece(
-        texts, output, vocab_size, model_type=model_type, seed=seed, num_threads=num_threads,
+    train = lambda size: train_sentencepiece(
+        texts, output, size, model_type=model_type, seed=seed, num_threads=num_threads,
         metadata={"dataset": dataset, "data_dir": data_dir, "split": split,
                   "text_field": text_field, "n_docs": len(texts), "source_docs": n})
+    try:
+        path = train(vocab_size)
+    except RuntimeError as e:  # "Vocabulary size too high (8000). Please set it to a value <= N"
+        most = re.search(r"value <= (\d+)", str(e))
+        if not most:
+            raise ValueError(f"SentencePiece could not train on {dataset}:{split}: {e}") from None
+        if not fit_corpus:
+            raise ValueError(f"{dataset}:{split} supports at most {most.group(1)} pieces; pass "
+                             f"--vocab_size={most.group(1)} or less") from None
+        path = train(int(most.group(1)))
     seconds = time.time() - start
     stats = token_stats(SentencePieceVocab(path), texts)
     with open(sidecar_path(path)) as fh:
@@ -108,18 +129,24 @@ def train_from_dataset(dataset: str, data_dir: str, output: str, *, vocab_size: 
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments {argv[1:]}")
     f = flags.FLAGS
+    for name in ("dataset", "output"):
+        if not f[name].value:
+            raise ValueError(f"--{name} is required")
+    if not f.output.endswith(".model"):
+        raise ValueError(f"--output={f.output!r} must end with .model")
     train_from_dataset(f.dataset, f.data_dir, f.output, vocab_size=f.vocab_size,
                        text_field=f.text_field, split=f.split, max_docs=f.max_docs,
                        model_type=f.model_type, seed=f.seed, num_threads=f.num_threads)
 
 
-def cli() -> None:
-    """Console entry point; flags are defined here so importing this module defines none."""
-    flags.DEFINE_string("dataset", None, "dataset spec (see common.data.sources)", required=True)
-    flags.DEFINE_string("data_dir", None, "where prepared datasets live", required=True)
-    flags.DEFINE_string("output", None, "output model path, ending in .model", required=True)
+def define_flags() -> None:
+    flags.DEFINE_string("dataset", None, "dataset spec (see common.data.sources)")
+    flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR,
+                        "where prepared datasets live (debian, sentiment, tfds: specs)")
+    flags.DEFINE_string("output", None, "output model path, ending in .model")
     flags.DEFINE_integer("vocab_size", 8000, "pieces in the model (sentinels are added later)")
     flags.DEFINE_integer("max_docs", 200_000, "train on a seeded sample of at most this many docs")
     flags.DEFINE_string("text_field", "text", "example field holding the text")
@@ -127,8 +154,11 @@ def cli() -> None:
     flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "SentencePiece algorithm")
     flags.DEFINE_integer("seed", 0, "seed for sampling documents and for SentencePiece")
     flags.DEFINE_integer("num_threads", 2, "trainer threads (part of what makes output identical)")
-    app.run(main)
+
+
+def cli_main() -> None:
+    cli.run(main, define_flags)
 
 
 if __name__ == "__main__":
-    cli()
+    cli_main()

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from common import sharding
-from common.checkpoint import Checkpointer, load_params
+from common.checkpoint import Checkpointer, identity_diff, load_params, read_meta
 from common.optim import make_optimizer
 from common.partitioning import Partitioner, choose_fsdp_split
 
@@ -123,6 +123,23 @@ def make_setup(model: Model, cfg: ConfigDict, partitioner: Partitioner) -> Setup
                                                  param_specs)}
   shardings = partitioner.shardings(specs, abstract)
   return Setup(model, cfg, partitioner, graphdef, tx, abstract, specs, shardings, init_fn)
+
+
+def check_init_from(path: str, model: Model) -> None:
+  """The run to start from holds this family and architecture (task heads may differ:
+  `model.head_fields`); one clear line before anything is compiled or written."""
+  saved = read_meta(path).get("identity", {})
+  if saved.get("family") != model.name:
+    raise ValueError(f"finetune.init_from {path} holds a {saved.get('family')!r} model, not a "
+                     f"{model.name!r} one")
+  heads = set(getattr(model, "head_fields", ()))
+  diffs = [d for d in identity_diff({"model": saved.get("model", {})},
+                                    {"model": model.identity()["model"]})
+           if d[0].split(".")[-1] not in heads]
+  if diffs:
+    described = "; ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, a, b in diffs[:5])
+    raise ValueError(f"finetune.init_from {path} has a different architecture ({described}); "
+                     "use the preset it was trained with")
 
 
 def init_state(setup: Setup) -> dict:

@@ -9,6 +9,7 @@ as it found it; every check that config and data allow runs before anything is w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -16,15 +17,18 @@ from typing import Any, Callable, Iterator
 
 from ml_collections import ConfigDict
 
+from common import cli
 from common.checkpoint import Checkpointer
 from common.hooks import CheckpointHook, DivergenceGuard, EvalHook, ProgressHook, Run
 from common.metrics import MetricsWriter, peak_flops
 from common.partitioning import Partitioner
 from common.steps import make_train_step
-from common.train_state import Model, Setup, check_config, make_setup, start_state
+from common.train_state import (Model, Setup, check_config, check_init_from, make_setup,
+                                start_state)
 
 # What a run writes into its work dir (a failed start removes those it created).
-RUN_FILES = ("config.json", "vocab", "metrics.jsonl", "tensorboard", "checkpoints")
+RUN_FILES = ("config.json", "vocab", "metrics.jsonl", "tensorboard", "checkpoints",
+             "log.txt", "labels.json", "results.json")
 
 
 @dataclasses.dataclass
@@ -106,9 +110,12 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
                       async_save=t.async_checkpoint, prune_existing=t.prune_checkpoints)
   identity = model.identity()
   ckpt.check_identity(identity)
+  if init_from and ckpt.latest_step() is None:
+    check_init_from(init_from, model)
   check_writable(workdir)
   guard = _StartGuard(workdir)
   writer, run, resumed = None, None, None
+  stack = contextlib.ExitStack()
   try:
     train_iter = make_train_iter()
     state, resumed = start_state(setup, ckpt, train_iter, init_from=init_from)
@@ -118,6 +125,7 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
       batches = _first_then(next(train_iter), train_iter)
     if on_start is not None:
       on_start()
+    stack.enter_context(cli.log_to_file(workdir))
     writer = MetricsWriter(workdir, resume_step=start)
     run = Run(setup, state, train_iter, writer, start, t.num_steps, resumed,
               guard=DivergenceGuard(t.spike_factor))
@@ -149,4 +157,5 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
     ckpt.close()
     if writer is not None:
       writer.close()
+    stack.close()
   return TrainResult(run.state, setup, run.history, run.eval_metrics, start)

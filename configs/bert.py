@@ -9,10 +9,10 @@ base   - BERT-Base (12 layers, d 768, 12 heads, d_ff 3072)
 large  - BERT-Large (24 layers, d 1024, 16 heads, d_ff 4096)
 
 `task` selects what runs: `pretrain` (masked LM, + NSP with `pretrain.nsp=True`), or
-`classify` / `regress`: fine-tune the encoder loaded from `classify.init_from` (a pretraining
-work dir; empty = random init) with a fresh head, using the `classify` section's data, fields,
-learning rate, warmup and epochs, e.g.
-  --config.task=classify --config.classify.init_from=workdirs/bert_demo
+`classify` / `regress`: fine-tune the encoder loaded from `finetune.init_from` (a pretraining
+work dir; empty = random init) with a fresh head, on the `classify` section's data, fields and
+epochs, with the `finetune` section's learning rate and warmup, e.g.
+  --config.task=classify --config.finetune.init_from=workdirs/bert_demo
   --config.classify.dataset=tfds:glue/sst2 --config.classify.text_field=sentence
   --config.classify.test_split=
 """
@@ -41,11 +41,11 @@ def get_config(preset: str = "demo") -> ConfigDict:
       max_predictions=20,   # per sequence (packed row); BERT: 20 at seq 128, 80 at 512
       whole_word=False, nsp=False, packing_bins=0))  # 0: one bin per row of the local batch
   c.classify = ConfigDict(dict(
-      init_from="", dataset="sentiment", text_field="text", text_pair_field="",
+      dataset="sentiment", text_field="text", text_pair_field="",
       label_field="label", labels="",  # comma-separated; empty: the training split's values
       train_split="train", eval_split="validation", test_split="test",
-      seq_len=64, batch_size=32, epochs=3, learning_rate=1e-4, warmup_ratio=0.1,
-      weight_decay=0.01))
+      seq_len=64, batch_size=32, epochs=3))
+  c.finetune.update(learning_rate=1e-4, schedule="linear", warmup_ratio=0.1)
   # BERT's AdamW: beta2 0.999, eps 1e-6, weight decay 0.01, linear warmup then linear decay.
   c.optimizer.update(b2=0.999, eps=1e-6, weight_decay=0.01, schedule="linear", end_lr_ratio=0.0)
   if preset == "tiny":
@@ -55,7 +55,8 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.train.update(batch_size=8, num_steps=6, log_every=2, eval_every=6, eval_batches=2,
                    checkpoint_every=3, async_checkpoint=False)
     c.optimizer.update(learning_rate=1e-3, warmup_steps=2)
-    c.classify.update(seq_len=32, batch_size=8, epochs=2, learning_rate=1e-3)
+    c.classify.update(seq_len=32, batch_size=8, epochs=2)
+    c.finetune.learning_rate = 1e-3
   elif preset == "demo":
     # fp32: on CPUs without avx512_bf16 (as these VMs expose) bf16 compute is slower.
     c.model = _model(4, 256, 4, 1024, 8192, scan_layers=False)
@@ -76,7 +77,8 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.train.update(batch_size=256, num_steps=1_000_000, log_every=100, eval_every=10_000,
                    checkpoint_every=10_000)
     c.optimizer.update(learning_rate=1e-4, warmup_steps=10_000)
-    c.classify.update(seq_len=128, learning_rate=2e-5)
+    c.classify.seq_len = 128
+    c.finetune.learning_rate = 2e-5
     c.mesh.update(data=1, fsdp=-1, tensor=1)
   else:
     raise ValueError(f"unknown bert preset {preset!r}; valid: tiny, demo, bench, "

@@ -4,6 +4,8 @@ tiny   - unit tests (seconds on a CPU)
 demo   - the README main job: pretrains on the Debian corpus on 2 CPU cores in minutes
 bench  - the benchmark shape (vocab 8192, 6 layers, d 512, 8 heads, seq 256, batch 8)
 124m / 350m / 774m / 1.5b - GPT-2 shapes (vocab 50304 = 50257 padded to a multiple of 128)
+
+`--config.finetune.init_from=DIR` starts from another run's (or an imported GPT-2's) weights.
 """
 
 from ml_collections import ConfigDict
@@ -24,12 +26,12 @@ def _model(num_layers, d_model, num_heads, vocab_size, max_len, **kw) -> ConfigD
 
 def get_config(preset: str = "demo") -> ConfigDict:
   c = base_config()
-  c.init_checkpoint = ""  # a work dir / checkpoint to start from (e.g. an imported GPT-2)
   # Loss only on text this regex matches (answers of a prompt format; "" = every token).
   c.data.loss_regex = ""
-  c.sample = ConfigDict(dict(
-      prompts=["This package provides", "A command-line tool", "The library"],
-      max_new_tokens=40, temperature=0.8, top_k=40, top_p=1.0))
+  # Sampled continuations printed after training: of `prompts`, or (none given) of the first
+  # words of `num_prompts` validation documents.
+  c.sample = ConfigDict(dict(prompts=[], num_prompts=3, max_new_tokens=40, temperature=0.8,
+                             top_k=40, top_p=1.0))
   if preset == "tiny":
     c.model = _model(2, 64, 4, 512, 64)
     c.data.seq_len = 32

@@ -11,14 +11,8 @@ v1_0_small v1_0_base         T5 1.0 (ReLU, logits tied to the embedding, dropout
 Published presets use vocab 32128 (32000 SentencePiece pieces + 100 sentinels, padded to a
 multiple of 128), Adafactor with T5's schedules: pretraining lr 0.01 warmed up over 10k steps
 then rsqrt (the `optimizer` fields; tiny and demo warm up shorter); fine-tuning
-(`--config.task=summarize`) constant lr 1e-3, no warmup (`finetune_schedule`).
-
-Fine-tuning defaults: `pretrain_schedule` records the preset's optimizer.{schedule,
-learning_rate,warmup_steps}; when task != pretrain, t5x_lite.train replaces each of those fields
-still at that value with `finetune_schedule`'s. A field set by flag (or in code) keeps its value,
-e.g. `--config.optimizer.learning_rate=5e-4` fine-tunes at constant 5e-4. To fine-tune with a
-value that equals the pretraining one, set it in `finetune_schedule`
-(`--config.finetune_schedule.schedule=rsqrt`).
+(`--config.task=summarize`, from `--config.finetune.init_from=PRETRAINED`) constant lr 1e-3,
+no warmup (the `finetune` fields, e.g. `--config.finetune.learning_rate=5e-4`).
 """
 
 from ml_collections import ConfigDict
@@ -31,7 +25,6 @@ _V1_1 = {"small": (8, 8, 512, 6, 64, 1024), "base": (12, 12, 768, 12, 64, 2048),
          "xxl": (24, 24, 4096, 64, 64, 10240)}
 _V1_0 = {"v1_0_small": (6, 6, 512, 8, 64, 2048), "v1_0_base": (12, 12, 768, 12, 64, 3072)}
 PRESETS = ("tiny", "demo", "bench") + tuple(_V1_1) + tuple(_V1_0)
-SCHEDULE_FIELDS = ("schedule", "learning_rate", "warmup_steps")  # what differs by task
 
 
 def _model(enc, dec, d_model, heads, head_dim, d_ff, vocab_size, **kw) -> ConfigDict:
@@ -46,7 +39,6 @@ def _model(enc, dec, d_model, heads, head_dim, d_ff, vocab_size, **kw) -> Config
 def get_config(preset: str = "demo") -> ConfigDict:
   c = base_config()
   c.task = "pretrain"           # pretrain (span corruption) | summarize (text-to-text)
-  c.init_checkpoint = ""        # work dir / checkpoint to fine-tune from (params only)
   c.data.update(dict(
       input_field="", target_field="",  # "" = the dataset's known fields (debian: text -> synopsis)
       prefix="summarize: ", max_input_len=512, max_target_len=114, truncate_inputs=True,
@@ -58,7 +50,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
   c.loss.z_loss = 1e-4
   c.optimizer.update(name="adafactor", learning_rate=0.01, warmup_steps=10_000,
                      schedule="rsqrt", weight_decay=0.0, clip_norm=0.0)
-  c.finetune_schedule = ConfigDict(dict(schedule="constant", learning_rate=1e-3, warmup_steps=0))
+  c.finetune.update(schedule="constant", learning_rate=1e-3, warmup_ratio=0.0)
   if preset == "tiny":
     c.model = _model(2, 2, 64, 4, 16, 128, 512, dtype="float32")
     c.data.update(max_input_len=32, max_target_len=16, extra_ids=100)
@@ -95,6 +87,4 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.mesh.update(data=1, fsdp=-1, tensor=1)
   else:
     raise ValueError(f"unknown t5 preset {preset!r}; valid: {', '.join(PRESETS)}")
-  # Before any override: how t5x_lite.train tells a field left at its default from a set one.
-  c.pretrain_schedule = ConfigDict({k: c.optimizer[k] for k in SCHEDULE_FIELDS})
   return c

@@ -16,9 +16,7 @@ fold_in(fold_in(key(seed), i), p), by the Gumbel-max trick: a continuation depen
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import glob
 import json
 import math
 import os
@@ -27,16 +25,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
-from common import allocator, checkpoint, decoding, entry, feature_major, sharding, train_state
-from common import config as config_lib
+from common import cli, decoding, feature_major, sharding
 from common.attention import KVCache, LayerCaches
 from common.partitioning import Partitioner
-from common.vocab import Vocabulary, load_vocab
+from common.rundir import LoadedRun, RunDir
+from common.vocab import Vocabulary
 from gpt_flax.model import GPTModel
 from gpt_flax.network import GPT
 
@@ -231,70 +228,22 @@ def generate_text(graphdef, params, vocab: Vocabulary, prompts: list[str], *, ma
   return [continuation_text(vocab, e, o) for e, o in zip(encoded, outs)]
 
 
-@dataclasses.dataclass
-class LoadedGPT:
-  """A trained GPT ready for inference: its config, setup (mesh, rules), params, tokenizer."""
-  cfg: ml_collections.ConfigDict
-  setup: train_state.Setup
-  params: Any
-  vocab: Vocabulary
-  step: int
-  run_dir: str
-
-  @property
-  def max_len(self) -> int:
-    return self.cfg.model.max_len
-
-  def generate(self, prompts: list[str], **kwargs) -> list[str]:
-    return generate_text(self.setup.graphdef, self.params, self.vocab, prompts,
-                         max_len=self.max_len, partitioner=self.setup.partitioner,
-                         **kwargs)
+def load(path: str, *, tokenizer: str | None = None, mesh: tuple[int, int, int] | None = None,
+         dtype: str | None = None) -> LoadedRun:
+  """A GPT work dir (or a checkpoint inside one) onto its training mesh, or `mesh` (data,
+  fsdp, tensor); `dtype` overrides the compute dtype (e.g. bfloat16)."""
+  def make_model(cfg, identity):
+    if identity.get("family") not in (None, GPTModel.name):
+      raise ValueError(f"{path} holds a {identity.get('family')!r} checkpoint, not a GPT one")
+    return GPTModel(cfg)
+  return RunDir.find(path).load(make_model, checkpoint=path, mesh=mesh, dtype=dtype,
+                                tokenizer=tokenizer)
 
 
-def find_run_dir(path: str) -> str:
-  """The work dir (holding config.json) at or above a checkpoint path: DIR, DIR/checkpoints or
-  DIR/checkpoints/STEP."""
-  p = os.path.abspath(os.path.expanduser(path))
-  if not os.path.exists(p):
-    raise FileNotFoundError(f"checkpoint path {path} does not exist")
-  for candidate in (p, os.path.dirname(p), os.path.dirname(os.path.dirname(p))):
-    if os.path.isfile(os.path.join(candidate, "config.json")):
-      return candidate
-  raise FileNotFoundError(f"no config.json at or above {path}: pass a GPT work dir (config.json, "
-                          "vocab/, checkpoints/ as gpt_flax.train writes them) or a checkpoint "
-                          "inside one")
-
-
-def _find_tokenizer(run_dir: str, path: str) -> str:
-  vocab_dir = os.path.join(run_dir, "vocab")
-  if not (glob.glob(os.path.join(vocab_dir, "*.model"))
-          or os.path.isfile(os.path.join(vocab_dir, "tokenizer.json"))):
-    raise FileNotFoundError(f"checkpoint {path} has no tokenizer: {vocab_dir} holds no *.model "
-                            "(gpt_flax.train saves the run's tokenizer there); pass "
-                            "--tokenizer=PATH.model")
-  return vocab_dir
-
-
-def load_gpt(path: str, *, tokenizer: str | None = None,
-             mesh_shape: tuple[int, int, int] | None = None,
-             dtype: str | None = None) -> LoadedGPT:
-  """Loads a run's params (strict) onto its training mesh/rules, or `mesh_shape`
-  (data, fsdp, tensor); `dtype` overrides the compute dtype (e.g. bfloat16)."""
-  run_dir = find_run_dir(path)
-  with open(os.path.join(run_dir, "config.json")) as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
-  if dtype:
-    cfg.model.dtype = dtype
-  vocab = load_vocab(tokenizer or _find_tokenizer(run_dir, path))
-  if vocab.vocab_size > cfg.model.vocab_size:
-    raise ValueError(f"tokenizer has {vocab.vocab_size} ids but the model's vocab_size is "
-                     f"{cfg.model.vocab_size}: wrong --tokenizer?")
-  if mesh_shape is not None:
-    cfg.mesh.update(dict(zip(("data", "fsdp", "tensor"), mesh_shape)))
-  setup = train_state.make_setup(GPTModel(cfg), cfg, Partitioner.from_config(cfg.mesh))
-  params, step, _, _ = checkpoint.load_params(path, setup.abstract_state["params"],
-                                              setup.state_shardings["params"], strict=True)
-  return LoadedGPT(cfg, setup, params, vocab, step, run_dir)
+def complete(run: LoadedRun, prompts: list[str], **kwargs) -> list[str]:
+  """Continuations of text prompts by a loaded GPT, on its partitioner."""
+  return generate_text(run.setup.graphdef, run.params, run.vocab, prompts,
+                       max_len=run.cfg.model.max_len, partitioner=run.setup.partitioner, **kwargs)
 
 
 # --------------------------------------------------------------------------- command line
@@ -302,6 +251,7 @@ def load_gpt(path: str, *, tokenizer: str | None = None,
 
 def define_model_flags() -> None:
   """Flags shared with gpt_flax.icl (defined on demand: importing this module defines none)."""
+  flags.DEFINE_string("workdir", None, "A GPT work dir (its latest checkpoint).")
   flags.DEFINE_string("checkpoint", None, "A GPT work dir, its checkpoints/ or one step dir.")
   flags.DEFINE_string("tokenizer", None, "Tokenizer to use instead of the run's vocab/.")
   flags.DEFINE_string("mesh", None, "data,fsdp,tensor sizes (default: the run's config).")
@@ -309,25 +259,24 @@ def define_model_flags() -> None:
   flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
 
 
-def model_from_flags() -> LoadedGPT:
+def model_from_flags() -> LoadedRun:
   f = flags.FLAGS
-  path = f.checkpoint or (entry.workdir() if f.workdir else None)
-  if not path or (f.checkpoint and f.workdir):
+  if bool(f.checkpoint) == bool(f.workdir):
     raise ValueError("pass exactly one of --workdir=DIR or --checkpoint=PATH")
-  mesh_shape = None
+  mesh = None
   if f.mesh:
     try:
-      mesh_shape = tuple(int(x) for x in f.mesh.split(","))
+      mesh = tuple(int(x) for x in f.mesh.split(","))
     except ValueError:
-      mesh_shape = ()
-    if len(mesh_shape) != 3:
+      mesh = ()
+    if len(mesh) != 3:
       raise ValueError(f"--mesh={f.mesh!r}: expected data,fsdp,tensor sizes, e.g. 1,1,1")
   if f.dtype not in (None, "float32", "bfloat16"):
     raise ValueError(f"--dtype={f.dtype!r}; valid: float32, bfloat16")
-  return load_gpt(path, tokenizer=f.tokenizer, mesh_shape=mesh_shape, dtype=f.dtype)
+  return load(f.checkpoint or f.workdir, tokenizer=f.tokenizer, mesh=mesh, dtype=f.dtype)
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
   define_model_flags()
   flags.DEFINE_multi_string("prompt", [], "A prompt (repeatable).")
   flags.DEFINE_string("prompts_file", None, "Prompts: one per line, or JSONL with --prompt_field.")
@@ -347,32 +296,34 @@ def read_prompts(prompts: list[str], path: str | None, field: str) -> list[str]:
     return list(prompts)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--prompts_file {path} not found")
-  with open(path) as f:
+  with open(path, encoding="utf-8", errors="strict") as f:
     lines = [l.rstrip("\r\n") for l in f if l.strip()]
   if not path.endswith(".jsonl"):
     return lines
   out = []
   for i, line in enumerate(lines, 1):
-    row = json.loads(line)
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
     if not isinstance(row, dict) or field not in row:
       raise ValueError(f"{path}:{i}: expected a JSON object with field {field!r}")
     out.append(str(row[field]))
   return out
 
 
-@config_lib.exit_on_error
-def main(argv) -> None:
+def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}")
   f = flags.FLAGS
   prompts = read_prompts(f.prompt, f.prompts_file, f.prompt_field)
   check_sampling(max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_k=f.top_k,
                  top_p=f.top_p)
-  model = model_from_flags()
-  texts = model.generate(prompts, max_new_tokens=f.max_new_tokens, seed=f.seed,
-                         temperature=f.temperature, top_k=f.top_k, top_p=f.top_p,
-                         batch_size=f.batch_size)
-  rows = [{"prompt": p, "completion": t, "checkpoint_step": model.step, "seed": f.seed,
+  run = model_from_flags()
+  texts = complete(run, prompts, max_new_tokens=f.max_new_tokens, seed=f.seed,
+                   temperature=f.temperature, top_k=f.top_k, top_p=f.top_p,
+                   batch_size=f.batch_size)
+  rows = [{"prompt": p, "completion": t, "checkpoint_step": run.step, "seed": f.seed,
            "temperature": f.temperature, "top_k": f.top_k, "top_p": f.top_p}
           for p, t in zip(prompts, texts)]
   if f.output:
@@ -384,11 +335,9 @@ def main(argv) -> None:
       print(f"{r['prompt']}{r['completion']}\n", flush=True)
 
 
-def cli() -> None:
-  allocator.reexec_with_tcmalloc()
-  _define_flags()
-  app.run(main)
+def cli_main() -> None:
+  cli.run(main, define_flags)
 
 
 if __name__ == "__main__":
-  cli()
+  cli_main()

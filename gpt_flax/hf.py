@@ -1,4 +1,4 @@
-"""GPT-2 <-> Hugging Face `GPT2LMHeadModel` tensor mapping (see common/convert.py).
+"""GPT-2 <-> Hugging Face `GPT2LMHeadModel` tensor mapping (see common/hf_files.py).
 
 HF GPT-2 uses Conv1D (weight [in, out], i.e. already our kernel layout), one fused c_attn whose
 output axis is q | k | v (each head-major: [heads, head_dim]), gelu_new (= our tanh 'gelu'),
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from ml_collections import ConfigDict
 
-from common.convert import Family, Tensors
+from common.hf_files import Family, Tensors
 from gpt_flax.model import GPTModel
 
 ARCH = "GPT2LMHeadModel"

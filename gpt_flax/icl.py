@@ -32,12 +32,14 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
 from common import config as config_lib
-from common import allocator
+from common import cli
 from common.data.sources import Source, get_text, open_source
+from common.rouge import rouge
+from common.rundir import LoadedRun
 from common.vocab import Vocabulary
 from gpt_flax import generate as gen
 
@@ -232,17 +234,17 @@ def _sequence_logprobs(graphdef, params, inputs_BxL, targets_BxL, segment_ids_Bx
   return jnp.sum(token_logp * weights_BxL, axis=-1)
 
 
-def continuation_logprobs(model: gen.LoadedGPT, contexts: Sequence[list[int]],
+def continuation_logprobs(model: LoadedRun, contexts: Sequence[list[int]],
                           continuations: Sequence[list[int]], *, batch_size: int) -> np.ndarray:
   """log p(continuation | context) for each pair, on the model's mesh."""
   if len(contexts) != len(continuations):
     raise ValueError("contexts and continuations differ in number")
   seqs = [list(c) + list(x) for c, x in zip(contexts, continuations)]
   longest = max(len(s) for s in seqs)
-  if longest > model.max_len + 1:
+  if longest > model.cfg.model.max_len + 1:
     raise ValueError(f"a scored sequence has {longest} tokens, more than the context window "
-                     f"of {model.max_len}")
-  length = min(math.ceil((longest - 1) / SEQ_BUCKET) * SEQ_BUCKET, model.max_len)
+                     f"of {model.cfg.model.max_len}")
+  length = min(math.ceil((longest - 1) / SEQ_BUCKET) * SEQ_BUCKET, model.cfg.model.max_len)
   partitioner = model.setup.partitioner
   rows = math.ceil(min(batch_size, len(seqs)) / partitioner.num_data) * partitioner.num_data
   place = lambda x: jax.device_put(x, partitioner.batch_sharding(x.ndim))
@@ -262,7 +264,7 @@ def continuation_logprobs(model: gen.LoadedGPT, contexts: Sequence[list[int]],
   return np.concatenate(out)
 
 
-def choose(model: gen.LoadedGPT, prompts: Sequence[list[int]], candidates: Sequence[str], *,
+def choose(model: LoadedRun, prompts: Sequence[list[int]], candidates: Sequence[str], *,
            length_norm: str = "none", batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
   """Index of the most likely candidate completion for each prompt, and the scores [N, C]."""
   if not candidates:
@@ -287,31 +289,13 @@ def normalize_answer(text: str) -> str:
   return re.sub(r"\s+", " ", text.strip().lower()).rstrip(".").strip()
 
 
-class Rouge:
-  """ROUGE-1/2/L F1 (rouge-score, with stemming)."""
-
-  def __init__(self):
-    try:
-      from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      raise ValueError("ROUGE needs the rouge-score package: pip install rouge-score") from None
-    self._scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-
-  def __call__(self, targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
-    totals = collections.Counter()
-    for t, p in zip(targets, predictions):
-      for k, s in self._scorer.score(t, p).items():
-        totals[k] += s.fmeasure
-    return {k: totals[k] / max(len(targets), 1) for k in ("rouge1", "rouge2", "rougeL")}
-
-
 def generation_scores(task: Task, targets: Sequence[str],
                       predictions: Sequence[str]) -> dict[str, float]:
   em = float(np.mean([normalize_answer(t) == normalize_answer(p)
                       for t, p in zip(targets, predictions)]))
   out = {"exact_match": em}
   if task.metric == "rouge":
-    out |= Rouge()(targets, predictions)
+    out |= rouge(list(predictions), list(targets))
   return out
 
 
@@ -344,7 +328,7 @@ def baselines(task: Task, train: Source, queries: Sequence[dict], *, seed: int,
   return out
 
 
-def evaluate(model: gen.LoadedGPT, task: Task, *, shots: Sequence[int], num_examples: int,
+def evaluate(model: LoadedRun, task: Task, *, shots: Sequence[int], num_examples: int,
              seed: int = 0, length_norm: str = "none", batch_size: int = 16,
              data_dir: str = "", num_logged: int = 3) -> dict[str, Any]:
   """Scores `num_examples` eval items (a seeded sample) at each k in `shots`."""
@@ -372,13 +356,13 @@ def evaluate(model: gen.LoadedGPT, task: Task, *, shots: Sequence[int], num_exam
                   for c in task.candidates)
   else:
     reserve = task.max_new_tokens
-  budget = model.max_len - reserve
+  budget = model.cfg.model.max_len - reserve
   demo_lists = [[(cut(t), a) for t, a in sample_demos(task, train, int(i), task.input_of(q),
                                                          max(shots), seed, same_split)]
                 for i, q in zip(order, queries)]
   results = {"task": dataclasses.asdict(task), "checkpoint_step": model.step,
              "num_examples": len(queries), "seed": seed, "length_norm": length_norm,
-             "context_window": model.max_len,
+             "context_window": model.cfg.model.max_len,
              "baselines": baselines(task, train, queries, seed=seed), "shots": {}}
   for k in shots:
     prompts = [fit_prompt(task, vocab, demos[:k], q, budget)
@@ -392,7 +376,7 @@ def evaluate(model: gen.LoadedGPT, task: Task, *, shots: Sequence[int], num_exam
       scores["predicted"] = dict(collections.Counter(predictions))
     else:
       outs = gen.generate_tokens(model.setup.graphdef, model.params, [p.ids for p in prompts],
-                                 max_len=model.max_len, max_new_tokens=task.max_new_tokens,
+                                 max_len=model.cfg.model.max_len, max_new_tokens=task.max_new_tokens,
                                  eos_id=vocab.eos_id, vocab_size=vocab.vocab_size,
                                  batch_size=batch_size, partitioner=model.setup.partitioner)
       stops = stop_strings(task)
@@ -481,8 +465,7 @@ def parse_shots(spec: str) -> list[int]:
   return shots
 
 
-@config_lib.exit_on_error
-def main(argv) -> None:
+def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}")
   f = flags.FLAGS
@@ -491,10 +474,10 @@ def main(argv) -> None:
   model = gen.model_from_flags()
   results = evaluate(model, task, shots=shots, num_examples=f.num_examples, seed=f.seed,
                      length_norm=f.length_norm, batch_size=f.batch_size, data_dir=f.data_dir)
-  results["checkpoint"] = model.run_dir
-  print(f"# {task.name}: {task.kind}, {task.metric}; checkpoint {model.run_dir} step "
+  results["checkpoint"] = model.run_dir.path
+  print(f"# {task.name}: {task.kind}, {task.metric}; checkpoint {model.run_dir.path} step "
         f"{model.step}; {results['num_examples']} {task.eval_split} items; context window "
-        f"{model.max_len}")
+        f"{model.cfg.model.max_len}")
   print(table(results), flush=True)
   if f.output_json:
     with open(f.output_json, "w") as out:
@@ -502,11 +485,9 @@ def main(argv) -> None:
     print(f"wrote {f.output_json}", file=sys.stderr)
 
 
-def cli() -> None:
-  allocator.reexec_with_tcmalloc()
-  _define_flags()
-  app.run(main)
+def cli_main() -> None:
+  cli.run(main, _define_flags)
 
 
 if __name__ == "__main__":
-  cli()
+  cli_main()

@@ -21,9 +21,9 @@ import math
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from common import config as config_lib
+from common import cli
 from common.tokenizer import train_sentencepiece
 from common.vocab import CONTROL_SYMBOLS, load_vocab
 from gpt_flax.icl import Task, build_prompt
@@ -128,18 +128,24 @@ def commands(directory: str, specs: dict[str, str]) -> str:
   ])
 
 
-def main(argv) -> None:
-  del argv
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}")
+  if not flags.FLAGS.output_dir:
+    raise ValueError("--output_dir is required")
   directory = os.path.abspath(flags.FLAGS.output_dir)
   specs = write_synthetic(directory, seed=flags.FLAGS.seed)
   print(commands(directory, specs))
 
 
-def cli() -> None:
-  flags.DEFINE_string("output_dir", None, "Where to write the data.", required=True)
+def define_flags() -> None:
+  flags.DEFINE_string("output_dir", None, "Where to write the data.")
   flags.DEFINE_integer("seed", 0, "Seed for the map and the episodes.")
-  app.run(config_lib.exit_on_error(main))
+
+
+def cli_main() -> None:
+  cli.run(main, define_flags)
 
 
 if __name__ == "__main__":
-  cli()
+  cli_main()

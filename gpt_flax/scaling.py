@@ -21,14 +21,13 @@ import os
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import ConfigDict
 
-from common import allocator
+from common import cli
 from common import config as config_lib
-from common import entry
 from configs.gpt import get_config
-from gpt_flax import scaling_fit
+from gpt_flax import scaling_fit, scaling_plot
 from gpt_flax import train as gpt_train
 from gpt_flax.model import GPTModel
 
@@ -125,7 +124,7 @@ def run_config(sweep: Sweep, run: Run, data: dict) -> ConfigDict:
                        warmup_steps=max(1, min(100, run.steps // 10)), schedule="cosine",
                        end_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8,
                        clip_norm=1.0)
-  cfg.sample.prompts = []
+  cfg.sample.num_prompts = 0  # no samples after each run
   return cfg
 
 
@@ -339,7 +338,7 @@ def run_sweep(sweep: Sweep, workdir: str, *, data: dict, fit_only: bool = False,
   fit["wall_s_runs_total"] = sum(r["wall_s"] for r in records)
   fit["cpu_s_runs_total"] = sum(r["cpu_s"] for r in records)
   _write_json(os.path.join(workdir, "fit.json"), fit)
-  plot_all(records, curves, fit, workdir)
+  scaling_plot.plot_all(records, curves, fit, workdir)
   print(summary(fit), flush=True)
   print(f"scaling | wrote {workdir}/runs.csv, fit.json, scaling.png (+ per-panel PNGs); "
         f"training wall time {fit['wall_s_runs_total'] / 60:.1f} min over all runs", flush=True)
@@ -347,205 +346,58 @@ def run_sweep(sweep: Sweep, workdir: str, *, data: dict, fit_only: bool = False,
 
 
 # ----------------------------------------------------------------------------------------
-# Plots (matplotlib, imported when plotting: training needs none of it).
-
-
-def _fit_label(fit: dict, key: str, what: str) -> str:
-  v, ci = fit["value"][key], fit["ci68"].get(key)
-  err = f" ± {(ci[1] - ci[0]) / 2:.3f}" if ci else ""
-  return f"{what}: {key} = {v:.3f}{err}"
-
-
-def _plain_y(ax) -> None:
-  """Loss axes are log-scaled over a narrow range: label ticks 4.5, 5, ... not 4.5x10^0, and
-  leave minor x ticks unlabelled (they collide on short compute ranges)."""
-  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
-  fmt = ticker.FuncFormatter(lambda v, _: f"{v:g}")
-  ax.yaxis.set_major_formatter(fmt)
-  ax.yaxis.set_minor_formatter(fmt)
-  ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-
-
-def _draw_loss_vs_params(ax, records, fit, cmap_d) -> None:
-  n, loss = np.array([r["N"] for r in records]), np.array([r["val_loss"] for r in records])
-  d = np.array([r["D"] for r in records])
-  for dv in np.unique(d):
-    m = d == dv
-    ax.scatter(n[m], loss[m], color=cmap_d(dv), s=22, label=f"D = {dv / 1e6:.2g}M tokens",
-               zorder=3)
-  xs = np.geomspace(n.min() / 1.3, n.max() * 1.3, 100)
-  lf = fit["L_N"]
-  if "value" in lf["power"]:
-    p = lf["power"]["value"]
-    ax.plot(xs, p["k"] * xs ** -p["alpha"], "k--", lw=1,
-            label=_fit_label(lf["power"], "alpha", "(N_c/N)^α"))
-  if "value" in lf["power+E"]:
-    p = lf["power+E"]["value"]
-    ax.plot(xs, p["E"] + p["A"] * xs ** -p["alpha"], "k-", lw=1,
-            label=_fit_label(lf["power+E"], "alpha", f"E + A/N^α, E={p['E']:.2f}"))
-  ax.set(xscale="log", yscale="log", xlabel="non-embedding parameters N",
-         ylabel="validation loss (nats/token)",
-         title=f"Loss vs model size (fit at D = {lf['D'] / 1e6:.2g}M tokens)")
-  _plain_y(ax)
-  ax.legend(fontsize=7)
-
-
-def _draw_loss_vs_compute(ax, records, curves, fit, cmap_n) -> None:
-  c, loss = np.array([r["C"] for r in records]), np.array([r["val_loss"] for r in records])
-  for r in records:
-    cv = curves[r["name"]]
-    if len(cv["eval_steps"]):
-      per_step = r["C"] / r["steps"]
-      ax.plot(cv["eval_steps"] * per_step, cv["eval_loss"], color=cmap_n(r["N"]), lw=0.8,
-              alpha=0.5)
-  ax.scatter(c, loss, c=[cmap_n(r["N"]) for r in records], s=22, zorder=3)
-  fr = fit["L_C"]["frontier"]
-  ax.plot(c[fr], loss[fr], "o", mfc="none", mec="k", ms=9, label="compute frontier")
-  xs = np.geomspace(c.min() / 1.3, c.max() * 1.3, 100)
-  lf = fit["L_C"]
-  if "value" in lf["power"]:
-    p = lf["power"]["value"]
-    ax.plot(xs, p["k"] * xs ** -p["alpha"], "k--", lw=1,
-            label=_fit_label(lf["power"], "alpha", "(C_c/C)^α"))
-  if "value" in lf["power+E"]:
-    p = lf["power+E"]["value"]
-    ax.plot(xs, p["E"] + p["A"] * xs ** -p["alpha"], "k-", lw=1,
-            label=_fit_label(lf["power+E"], "alpha", f"E + A/C^α, E={p['E']:.2f}"))
-  ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)",
-         ylabel="validation loss", title="Loss vs compute (lines: eval during training)")
-  _plain_y(ax)
-  ax.legend(fontsize=7)
-
-
-def _draw_compute_optimal(ax, records, fit, cmap_n) -> None:
-  c6 = np.array([r["C_6ND"] for r in records])
-  ax.scatter(c6, [r["N"] for r in records], c=[cmap_n(r["N"]) for r in records], s=14,
-             alpha=0.6, label="runs")
-  xs = np.geomspace(c6.min(), c6.max(), 100)
-  c6_fr = scaling_fit.frontier(c6, [r["val_loss"] for r in records])
-  ax.plot(c6[c6_fr], [records[i]["N"] for i in c6_fr], "o", mfc="none", mec="k", ms=9,
-          label="compute frontier (C = 6ND)")
-  pf = fit["parametric"]
-  if "value" in pf:
-    p = pf["value"]
-    ax.plot(xs, scaling_fit.compute_optimal_n(p, xs), "k-", lw=1.2,
-            label=_fit_label(pf, "a", "L(N,D) fit"))
-    anchor_c = math.sqrt(xs[0] * xs[-1])
-    anchor_n = float(scaling_fit.compute_optimal_n(p, anchor_c))
-    for name, a, style in (("Kaplan", scaling_fit.PUBLISHED["kaplan"]["a"], ":"),
-                           ("Chinchilla", scaling_fit.PUBLISHED["chinchilla"]["a"]["approach 1"],
-                            "-.")):
-      ax.plot(xs, anchor_n * (xs / anchor_c) ** a, "k", ls=style, lw=0.8,
-              label=f"{name}: a = {a}")
-  ax.set(xscale="log", yscale="log", xlabel="training compute C = 6ND (FLOPs)",
-         ylabel="non-embedding parameters N", title="Compute-optimal size N_opt ∝ C^a")
-  ax.legend(fontsize=7)
-
-
-def _draw_learning_curves(ax, records, curves, cmap_n) -> None:
-  for r in records:
-    cv = curves[r["name"]]
-    tok = r["batch_size"] * r["seq_len"]
-    ax.plot(cv["train_steps"] * tok, cv["train_loss"], color=cmap_n(r["N"]), lw=0.7, alpha=0.7)
-    ax.plot(cv["eval_steps"] * tok, cv["eval_loss"], "o", color=cmap_n(r["N"]), ms=3)
-  ax.set(xscale="log", xlabel="training tokens", ylabel="loss (lines: train, dots: validation)",
-         title="Learning curves of all runs")
-  _plain_y(ax)
-
-
-def plot_all(records: list[dict], curves: dict, fit: dict, outdir: str) -> list[str]:
-  """scaling.png (four panels) plus one PNG per panel; returns the paths written."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from matplotlib.colors import LogNorm  # pylint: disable=g-import-not-at-top
-
-  n = [r["N"] for r in records]
-  d = [r["D"] for r in records]
-  norm_n = LogNorm(min(n), max(n) * 1.0001)
-  norm_d = LogNorm(min(d), max(d) * 1.0001)
-  cmap_n = lambda v: plt.cm.viridis(norm_n(v))
-  cmap_d = lambda v: plt.cm.plasma(0.85 * norm_d(v))
-  panels = {
-      "loss_vs_params": lambda ax: _draw_loss_vs_params(ax, records, fit, cmap_d),
-      "loss_vs_compute": lambda ax: _draw_loss_vs_compute(ax, records, curves, fit, cmap_n),
-      "compute_optimal": lambda ax: _draw_compute_optimal(ax, records, fit, cmap_n),
-      "learning_curves": lambda ax: _draw_learning_curves(ax, records, curves, cmap_n),
-  }
-  colorbar = plt.cm.ScalarMappable(norm=norm_n, cmap="viridis")
-  paths = []
-  for name, draw in panels.items():
-    fig, ax = plt.subplots(figsize=(6, 4.5), layout="constrained")
-    draw(ax)
-    if name != "loss_vs_params":
-      fig.colorbar(colorbar, ax=ax, label="N (non-embedding)")
-    paths.append(os.path.join(outdir, f"{name}.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-  fig, axes = plt.subplots(2, 2, figsize=(13, 9.5), layout="constrained")
-  for ax, draw in zip(axes.ravel(), panels.values()):
-    draw(ax)
-  fig.colorbar(colorbar, ax=axes[:, 1], label="N (non-embedding)", shrink=0.6)
-  fig.suptitle(f"GPT scaling on {len(records)} runs "
-               f"(N {min(n):,}..{max(n):,}, D {min(d) / 1e6:.2g}M..{max(d) / 1e6:.2g}M tokens)")
-  paths.append(os.path.join(outdir, "scaling.png"))
-  fig.savefig(paths[-1], dpi=110)
-  plt.close(fig)
-  return paths
-
-
-# ----------------------------------------------------------------------------------------
 # Command line.
 
-_PRESET = flags.DEFINE_string("preset", "quick", f"Sweep preset: {', '.join(PRESETS)}.")
-_SIZES = flags.DEFINE_string("sizes", None,
-                             "Override the preset's sizes: D_MODELxLAYERS[xHEADS],...")
-_STEPS = flags.DEFINE_string("steps", None, "Override the preset's step budgets: S1,S2,...")
-_DATASET = flags.DEFINE_string("dataset", "debian", "Dataset spec (see common/data/sources.py).")
-_DATA_DIR = flags.DEFINE_string("data_dir", config_lib.DEFAULT_DATA_DIR, "Prepared data.")
-_TOKENIZER = flags.DEFINE_string("tokenizer", "", "SentencePiece model (default: data_dir's).")
-_TEXT_FIELD = flags.DEFINE_string("text_field", "text", "Text field of the dataset's examples.")
-_FIT_ONLY = flags.DEFINE_bool("fit_only", False, "Fit and plot the finished runs; train none.")
-_N_BOOT = flags.DEFINE_integer("n_boot", 200, "Bootstrap resamples per fit.")
+def define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "Where the sweep's runs, CSV, fits and plots go.")
+  flags.DEFINE_string("preset", "quick", f"Sweep preset: {', '.join(PRESETS)}.")
+  flags.DEFINE_string("sizes", None, "Override the preset's sizes: D_MODELxLAYERS[xHEADS],...")
+  flags.DEFINE_string("steps", None, "Override the preset's step budgets: S1,S2,...")
+  flags.DEFINE_string("dataset", "debian", "Dataset spec (see common/data/sources.py).")
+  flags.DEFINE_string("data_dir", config_lib.DEFAULT_DATA_DIR, "Prepared data.")
+  flags.DEFINE_string("tokenizer", "", "SentencePiece model (default: the dataset's own).")
+  flags.DEFINE_string("text_field", "text", "Text field of the dataset's examples.")
+  flags.DEFINE_bool("fit_only", False, "Fit and plot the finished runs; train none.")
+  flags.DEFINE_integer("n_boot", 200, "Bootstrap resamples per fit.")
 
 
 def sweep_from_flags() -> Sweep:
-  if _PRESET.value not in PRESETS:
-    raise ValueError(f"unknown scaling preset {_PRESET.value!r}; valid: {', '.join(PRESETS)}")
-  sweep = PRESETS[_PRESET.value]
-  if _SIZES.value:
-    sweep = dataclasses.replace(sweep, sizes=parse_sizes(_SIZES.value))
-  if _STEPS.value:
+  f = flags.FLAGS
+  if f.preset not in PRESETS:
+    raise ValueError(f"unknown scaling preset {f.preset!r}; valid: {', '.join(PRESETS)}")
+  sweep = PRESETS[f.preset]
+  if f.sizes:
+    sweep = dataclasses.replace(sweep, sizes=parse_sizes(f.sizes))
+  if f.steps:
     try:
-      steps = tuple(int(s) for s in _STEPS.value.split(","))
+      steps = tuple(int(s) for s in f.steps.split(","))
     except ValueError:
       steps = ()
     if not steps or min(steps) < 1:
-      raise ValueError(f"bad --steps {_STEPS.value!r}; expected positive integers, e.g. 100,300")
+      raise ValueError(f"bad --steps {f.steps!r}; expected positive integers, e.g. 100,300")
     sweep = dataclasses.replace(sweep, steps=steps)
   return sweep
 
 
-@config_lib.exit_on_error
-def main(argv) -> None:
-  del argv
-  workdir = entry.workdir()
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # checkpoint chatter of many runs buries the results
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}")
+  f = flags.FLAGS
+  if not f.workdir:
+    raise ValueError("--workdir is required")
+  workdir = os.path.abspath(os.path.expanduser(f.workdir))
   import jax  # pylint: disable=g-import-not-at-top
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     # Re-running (resume, --fit_only after more runs) skips recompiling what it compiled before.
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
-  data = {"dataset": _DATASET.value, "data_dir": os.path.expanduser(_DATA_DIR.value),
-          "tokenizer": _TOKENIZER.value, "text_field": _TEXT_FIELD.value}
-  run_sweep(sweep_from_flags(), workdir, data=data, fit_only=_FIT_ONLY.value,
-            n_boot=_N_BOOT.value)
+  data = {"dataset": f.dataset, "data_dir": os.path.expanduser(f.data_dir),
+          "tokenizer": f.tokenizer, "text_field": f.text_field}
+  run_sweep(sweep_from_flags(), workdir, data=data, fit_only=f.fit_only, n_boot=f.n_boot)
 
 
-def cli() -> None:
-  allocator.reexec_with_tcmalloc()
-  app.run(main)
+def cli_main() -> None:
+  cli.run(main, define_flags)
 
 
 if __name__ == "__main__":
-  cli()
+  cli_main()

@@ -171,13 +171,6 @@ def frontier(compute: Sequence[float], loss: Sequence[float]) -> np.ndarray:
   return np.asarray(keep, dtype=int)
 
 
-def loglinear(x: np.ndarray, y: np.ndarray) -> tuple[dict, np.ndarray]:
-  """y = k x^a (log-log line), e.g. N_opt proportional to C^a along the frontier."""
-  _check(len(x), "power")
-  a, icpt = np.polyfit(np.log(x), np.log(y), 1)
-  return {"a": a, "k": math.exp(icpt)}, np.exp(icpt + a * np.log(x))
-
-
 # ----------------------------------------------------------------------------------------
 # Uncertainty.
 

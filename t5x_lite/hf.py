@@ -1,5 +1,5 @@
 """T5 <-> Hugging Face `T5ForConditionalGeneration` tensor mapping, T5 1.0 and T5.1.1
-(see common/convert.py).
+(see common/hf_files.py).
 
 HF T5 uses nn.Linear without biases (weight [out, in]); q/k/v/o are [heads * d_kv, d_model];
 the relative-position table lives in block 0 of each stack; attention logits are not scaled
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from ml_collections import ConfigDict
 
-from common.convert import Family, Tensors
+from common.hf_files import Family, Tensors
 from t5x_lite.model import T5Model
 
 ARCH = "T5ForConditionalGeneration"

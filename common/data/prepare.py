@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import time
 
-from absl import app, flags
+from absl import flags
+
+from common import cli
+from common.config import DEFAULT_DATA_DIR
 
 DATASETS = ("debian", "sentiment")
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments {argv[1:]}")
     f = flags.FLAGS
     if f.dataset not in DATASETS:
-        raise app.UsageError(f"--dataset={f.dataset} cannot be prepared here; choices: {DATASETS} "
-                             "(tfds:/jsonl:/text: specs are read as they are)")
+        raise ValueError(f"--dataset={f.dataset} cannot be prepared here; choices: {DATASETS} "
+                         "(tfds:/jsonl:/text: specs are read as they are)")
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     from common.data import debian, sentiment  # pylint: disable=g-import-not-at-top
@@ -37,12 +41,14 @@ def main(argv: list[str]) -> None:
           f"[{time.time() - start:.1f}s]; {raw}")
 
 
-def cli() -> None:
-    """Console entry point; flags are defined here so importing this module defines none."""
+def define_flags() -> None:
     flags.DEFINE_string("dataset", "debian", f"dataset to prepare: {DATASETS}")
-    flags.DEFINE_string("data_dir", None, "where prepared datasets live", required=True)
-    app.run(main)
+    flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR, "where prepared datasets live")
+
+
+def cli_main() -> None:
+    cli.run(main, define_flags)
 
 
 if __name__ == "__main__":
-    cli()
+    cli_main()

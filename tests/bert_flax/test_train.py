@@ -58,7 +58,8 @@ def _finetune_cfg(data, init_from, **classify):
   cfg = get_config("tiny")
   cfg.task = "classify"
   cfg.data.data_dir = str(root)
-  cfg.classify.update(dict(init_from=str(init_from), dataset=f"jsonl:{root}/cls_{{split}}.jsonl",
+  cfg.finetune.init_from = str(init_from)
+  cfg.classify.update(dict(dataset=f"jsonl:{root}/cls_{{split}}.jsonl",
                            text_field="sentence", label_field="y") | classify)
   return cfg
 
@@ -120,7 +121,7 @@ def test_bad_inputs_are_clear_errors(data, pretrained, tmp_path):
                               vocab_size=300)
   cases = [
       (dict(), {"data.tokenizer": other}, ValueError,
-       "is not the tokenizer the checkpoint was trained with"),
+       "is not the tokenizer .* was trained with"),
       (dict(labels="neg,neutral"), {}, ValueError,
        r"split 'train' example \d+: label 'pos' is not in the label set \['neg', 'neutral'\]"),
       (dict(text_field="review"), {}, ValueError,
@@ -141,7 +142,7 @@ def test_bad_inputs_are_clear_errors(data, pretrained, tmp_path):
   assert not os.path.exists(tmp_path / "wd")
   cfg = _finetune_cfg(data, workdir)
   cfg.model.d_model = 32
-  with pytest.raises(ValueError, match="pretrained with a different architecture.*d_model"):
+  with pytest.raises(ValueError, match="has a different architecture.*d_model"):
     train.run(cfg, str(tmp_path / "wd"))
 
 
@@ -159,21 +160,26 @@ def _wordpiece(path, words):
 
 def test_finetune_vocab_checks_a_hf_tokenizer_json_like_a_sentencepiece_model(data, tmp_path):
   """An imported BERT's work dir holds a tokenizer.json (`TokenizersVocab`, which has `path`,
-  no `model_path`); naming a tokenizer still compares files instead of failing on the attribute."""
+  no `model_path`); fine-tuning from it uses it, and naming another tokenizer is an error that
+  compares files instead of failing on the attribute."""
+  from common import entry
   from common.hf_vocab import TokenizersVocab
   from common.vocab import load_vocab
   os.makedirs(tmp_path / "src")
   saved = TokenizersVocab(_wordpiece(tmp_path / "src" / "tokenizer.json",
                                      ["alpha", "beta", "gamma"])).save_to(
                                          str(tmp_path / "run" / "vocab"))
+  (tmp_path / "run" / "config.json").write_text("{}")
   cfg = get_config("tiny")
-  cfg.data.tokenizer = saved
-  vocab = train.finetune_vocab(cfg, str(tmp_path / "run"))
+  cfg.finetune.init_from = str(tmp_path / "run")
+  vocab = entry.run_vocab(cfg)
   assert isinstance(vocab, TokenizersVocab) and vocab.path == saved
+  cfg.data.tokenizer = saved
+  assert entry.run_vocab(cfg).path == saved
   cfg.data.tokenizer = _wordpiece(tmp_path / "other.json", ["delta", "epsilon"])
-  with pytest.raises(ValueError, match=r"is not the tokenizer the checkpoint was trained with "
+  with pytest.raises(ValueError, match=r"is not the tokenizer .*run was trained with "
                      r"\(.*run/vocab/tokenizer.json"):
-    train.finetune_vocab(cfg, str(tmp_path / "run"))
+    entry.run_vocab(cfg)
   assert load_vocab(str(tmp_path / "run" / "vocab")).path == saved
   _, sp = data
   assert load_vocab(sp).path == load_vocab(sp).model_path == sp  # the same name on both backends

@@ -157,7 +157,7 @@ def test_import_refuses_a_used_workdir(tmp_path):
 
 
 def test_export_of_a_non_workdir(tmp_path):
-  with pytest.raises(FileNotFoundError, match="has no config.json"):
+  with pytest.raises(FileNotFoundError, match="config.json not found.*is not a run directory"):
     convert.export_hf(str(tmp_path), str(tmp_path / "out"))
 
 

@@ -1,4 +1,5 @@
-"""entry.load_checked_vocab: sentinels added to a SentencePiece model, clear errors otherwise."""
+"""entry.run_vocab: sentinels added to a SentencePiece model, the dataset's own tokenizer, clear
+errors otherwise."""
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
@@ -17,7 +18,7 @@ def _cfg(tokenizer: str):
 
 
 def test_sentencepiece_gets_the_requested_sentinels(tmp_path):
-  vocab = entry.load_checked_vocab(_cfg(train_tiny_vocab(str(tmp_path))), extra_ids=10)
+  vocab = entry.run_vocab(_cfg(train_tiny_vocab(str(tmp_path))), extra_ids=10)
   assert isinstance(vocab, SentencePieceVocab) and vocab.extra_ids == 10
   assert vocab.vocab_size == 360 and vocab.sentinel_id(0) == 359
 
@@ -32,11 +33,11 @@ def test_tokenizer_json_with_other_sentinels_is_a_clear_error(tmp_path):
   assert TokenizersVocab(str(tmp_path / "tokenizer.json")).extra_ids == 0
   with pytest.raises(ValueError, match=r"has 0 sentinel ids but data.extra_ids is 10; set "
                      r"--config.data.extra_ids=0"):
-    entry.load_checked_vocab(_cfg(str(tmp_path / "tokenizer.json")), extra_ids=10)
+    entry.run_vocab(_cfg(str(tmp_path / "tokenizer.json")), extra_ids=10)
 
 
 def test_tokenizer_larger_than_the_embedding_table_is_a_clear_error(tmp_path):
   cfg = _cfg(train_tiny_vocab(str(tmp_path)))
   cfg.model.vocab_size = 256
   with pytest.raises(ValueError, match="has 350 ids but model.vocab_size is 256"):
-    entry.load_checked_vocab(cfg)
+    entry.run_vocab(cfg)

@@ -74,9 +74,9 @@ def test_cli_generates_on_the_training_mesh_like_the_library_on_one_device(workd
   rows = [json.loads(l) for l in open(out)]
   assert [r["prompt"] for r in rows] == PROMPTS and rows[0]["checkpoint_step"] == 7
   # The CLI ran data-parallel over 8 fake devices; the library on one device agrees.
-  model = gen.load_gpt(workdir)
+  model = gen.load(workdir)
   ref = gen.generate_text(model.setup.graphdef, jax.device_get(model.params), model.vocab,
-                          PROMPTS, max_len=model.max_len, max_new_tokens=6, temperature=0.9,
+                          PROMPTS, max_len=model.cfg.model.max_len, max_new_tokens=6, temperature=0.9,
                           top_k=20, seed=3)
   assert [r["completion"] for r in rows] == ref
   assert any(ref)
@@ -84,9 +84,9 @@ def test_cli_generates_on_the_training_mesh_like_the_library_on_one_device(workd
 
 @pytest.mark.parametrize("sampling", [dict(), dict(temperature=1.0, top_p=0.9, seed=5)])
 def test_sharded_and_batched_generation_equal_single_device_one_at_a_time(workdir, sampling):
-  model = gen.load_gpt(workdir, mesh_shape=(2, 2, 2))
+  model = gen.load(workdir, mesh=(2, 2, 2))
   prompts = [gen.encode_prompt(model.vocab, p) for p in PROMPTS]
-  kw = dict(max_len=model.max_len, max_new_tokens=8, eos_id=model.vocab.eos_id,
+  kw = dict(max_len=model.cfg.model.max_len, max_new_tokens=8, eos_id=model.vocab.eos_id,
             vocab_size=model.vocab.vocab_size, **sampling)
   sharded = gen.generate_tokens(model.setup.graphdef, model.params, prompts, batch_size=3,
                                 partitioner=model.setup.partitioner, **kw)
@@ -98,12 +98,12 @@ def test_sharded_and_batched_generation_equal_single_device_one_at_a_time(workdi
 def test_phased_cache_growth_decodes_the_same_tokens(workdir):
   """DECODE_PHASES grows the KV cache between decoding loops; on the training partitioner the
   continuations equal one loop over a full-length cache."""
-  model = gen.load_gpt(workdir, mesh_shape=(2, 2, 2))
+  model = gen.load(workdir, mesh=(2, 2, 2))
   # Weights x4: at init scale a continuation hardly depends on its context, so a cache that
   # lost tokens would decode the same; scaled up, attention is sharp enough to notice.
   params = jax.tree.map(lambda p: p * 4, model.params)
   prompts = [gen.encode_prompt(model.vocab, p) for p in PROMPTS]
-  kw = dict(max_len=model.max_len, max_new_tokens=40, eos_id=model.vocab.eos_id,
+  kw = dict(max_len=model.cfg.model.max_len, max_new_tokens=40, eos_id=model.vocab.eos_id,
             vocab_size=model.vocab.vocab_size, partitioner=model.setup.partitioner)
   assert decoding.phase_ends(40, 4) == [20, 40]
   phased = gen.generate_tokens(model.setup.graphdef, params, prompts, phases=4, **kw)
@@ -112,9 +112,9 @@ def test_phased_cache_growth_decodes_the_same_tokens(workdir):
 
 
 def test_top_k_one_sampling_is_greedy(workdir):
-  model = gen.load_gpt(workdir, mesh_shape=(2, 2, 2))
+  model = gen.load(workdir, mesh=(2, 2, 2))
   prompts = [gen.encode_prompt(model.vocab, p) for p in PROMPTS]
-  kw = dict(max_len=model.max_len, max_new_tokens=8, eos_id=model.vocab.eos_id,
+  kw = dict(max_len=model.cfg.model.max_len, max_new_tokens=8, eos_id=model.vocab.eos_id,
             vocab_size=model.vocab.vocab_size, batch_size=1)  # shapes as above: compiled once
   single = jax.device_get(model.params)
   greedy = gen.generate_tokens(model.setup.graphdef, single, prompts, **kw)
@@ -192,15 +192,15 @@ def test_unrolled_decoder_equals_the_full_forward_pass(scan_layers, use_feature_
 
 
 def test_bad_input(workdir, tmp_path):
-  model = gen.load_gpt(workdir)
+  model = gen.load(workdir)
   with pytest.raises(ValueError, match="exceeds the context window of 64"):
-    model.generate(["ka " * 80], max_new_tokens=4)
+    gen.complete(model, ["ka " * 80], max_new_tokens=4)
   with pytest.raises(ValueError, match="top_p=0.0 must be in"):
-    model.generate(["ka"], max_new_tokens=4, temperature=1.0, top_p=0.0)
+    gen.complete(model, ["ka"], max_new_tokens=4, temperature=1.0, top_p=0.0)
   bare = tmp_path / "no_vocab"
   shutil.copytree(workdir, bare)
   shutil.rmtree(bare / "vocab")
-  with pytest.raises(FileNotFoundError, match="has no tokenizer"):
-    gen.load_gpt(str(bare / "checkpoints"))
+  with pytest.raises(FileNotFoundError, match="tokenizer is missing"):
+    gen.load(str(bare / "checkpoints"))
   with pytest.raises(FileNotFoundError, match="no config.json"):
-    gen.load_gpt(str(tmp_path))
+    gen.load(str(tmp_path))

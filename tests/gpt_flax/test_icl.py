@@ -12,6 +12,7 @@ import pytest
 
 from common import train_state
 from common.partitioning import Partitioner
+from common.rundir import LoadedRun
 from configs.gpt import get_config
 from gpt_flax import generate as gen
 from gpt_flax import icl
@@ -43,7 +44,7 @@ class WordVocab:
     return " ".join(out)
 
 
-def preferring(word: str) -> gen.LoadedGPT:
+def preferring(word: str) -> LoadedRun:
   """A tiny GPT on the 8-device training mesh whose every next-token prediction is `word`:
   the final LayerNorm outputs a constant (scale 0) pointing along `word`'s tied embedding."""
   cfg = get_config("tiny")
@@ -53,7 +54,7 @@ def preferring(word: str) -> gen.LoadedGPT:
   row = params["embed"]["embedding"][vocab.index[word]]
   params["final_norm"]["scale"] = jnp.zeros_like(params["final_norm"]["scale"])
   params["final_norm"]["bias"] = 50.0 * row / jnp.linalg.norm(row)
-  return gen.LoadedGPT(cfg, setup, params, vocab, step=0, run_dir="")
+  return LoadedRun(cfg, setup, params, vocab, step=0, run_dir=None)
 
 
 SENTIMENT = icl.get_task("sentiment", candidates=("bad", "good"), instruction="Rate it.")
@@ -141,7 +142,7 @@ def test_evaluate_reports_what_a_model_that_always_answers_good_should_get(tmp_p
   res = icl.evaluate(model, gen_task, shots=[0, 2], num_examples=100, batch_size=8)
   for s in res["shots"].values():
     assert s["exact_match"] == pytest.approx(share_good)
-    assert s["rougeL"] == pytest.approx(share_good)
+    assert s["rougeL"] == pytest.approx(100 * share_good)  # ROUGE is x100 everywhere
   assert res["baselines"]["majority"]["exact_match"] == pytest.approx(share_good)
   assert "lead_1_words" in res["baselines"]
   assert "| k | rougeL | majority | lead_1_words |" in icl.table(res)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from common import config as config_lib
 from common.checkpoint import Checkpointer
 from common.config import apply_overrides
 from configs.t5 import get_config
@@ -69,14 +70,14 @@ def test_finetune_via_flags_then_infer(corpus, pretrained, tmp_path):
   wd = tmp_path / "ft"
   done = subprocess.run(
       [sys.executable, "-m", "t5x_lite.train", "--config=configs/t5.py:tiny",
-       "--config.task=summarize", f"--config.init_checkpoint={pre_wd}", f"--workdir={wd}",
+       "--config.task=summarize", f"--config.finetune.init_from={pre_wd}", f"--workdir={wd}",
        f"--config.data.dataset=jsonl:{root}/{{split}}.jsonl", f"--config.data.data_dir={root}",
        f"--config.data.tokenizer={model}", "--config.data.input_field=body",
        "--config.data.target_field=title", "--config.data.prefix=title: ",
        "--config.data.max_input_len=48", "--config.data.max_target_len=12",
        "--config.data.truncate_targets=True",
        "--config.train.num_steps=8", "--config.train.eval_every=8",
-       "--config.train.checkpoint_every=8", "--config.optimizer.learning_rate=0.002"],
+       "--config.train.checkpoint_every=8", "--config.finetune.learning_rate=0.002"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
   assert done.returncode == 0, done.stderr[-3000:]
   assert "ROUGE on 8 validation examples" in done.stdout
@@ -85,7 +86,9 @@ def test_finetune_via_flags_then_infer(corpus, pretrained, tmp_path):
   # T5's fine-tuning schedule, but the learning rate given by flag.
   opt = json.load(open(wd / "config.json"))["optimizer"]
   assert (opt["schedule"], opt["learning_rate"], opt["warmup_steps"]) == ("constant", 0.002, 0)
-  cfg, vocab, graphdef, params, partitioner = infer.load_run(str(wd))
+  run = infer.load_run(str(wd))
+  cfg, vocab, graphdef, params, partitioner = (run.cfg, run.vocab, run.setup.graphdef,
+                                               run.params, run.setup.partitioner)
   assert cfg.data.prefix == "title: "
   texts, ids, targets = infer.read_inputs(cfg, vocab, "split:validation", 5)
   assert len(ids) == 5 and targets[0] == " ".join(texts[0].split()[:3])
@@ -112,29 +115,31 @@ def test_finetune_via_flags_then_infer(corpus, pretrained, tmp_path):
              for r in rows)
   assert [r["prediction"] for r in rows] == [vocab.decode(o) for o in greedy]
   printed = json.loads(done.stdout.strip().splitlines()[-1])
-  assert set(printed) == {"rouge1", "rouge2", "rougeLsum"}
+  assert set(printed) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
   assert all(0 <= v <= 100 for v in printed.values())
-  done = subprocess.run([sys.executable, "-m", "t5x_lite.rouge", f"--predictions={out}"],
+  done = subprocess.run([sys.executable, "-m", "common.rouge", f"--predictions={out}"],
                         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   assert json.loads(done.stdout.strip().splitlines()[-1]) == printed
 
 
 @pytest.mark.parametrize("preset", ["tiny", "demo", "base"])
-def test_finetuning_defaults_to_t5s_schedule_unless_set(preset):
+def test_finetuning_trains_with_the_finetune_schedule(preset):
   schedule = lambda c: (c.optimizer.schedule, c.optimizer.learning_rate, c.optimizer.warmup_steps)
-  resolved = lambda **o: schedule(train.resolve_schedule(apply_overrides(get_config(preset), o)))
+  resolved = lambda **o: schedule(config_lib.resolve_finetune(
+      apply_overrides(get_config(preset), o)))
   pretrain = schedule(get_config(preset))
   assert pretrain[0] == "rsqrt" and resolved() == pretrain
   assert resolved(task="summarize") == ("constant", 1e-3, 0)
-  # Values set by flag win, field by field; the others still take the fine-tuning recipe.
-  assert resolved(**{"task": "summarize", "optimizer.learning_rate": 5e-4}) == (
+  assert resolved(**{"task": "summarize", "finetune.learning_rate": 5e-4}) == (
       "constant", 5e-4, 0)
-  assert resolved(**{"task": "summarize", "optimizer.schedule": "linear",
-                     "optimizer.warmup_steps": 7}) == ("linear", 1e-3, 7)
-  # A fine-tuning value equal to the pretraining one is set in finetune_schedule.
-  assert resolved(**{"task": "summarize", "finetune_schedule.schedule": "rsqrt"}) == (
-      "rsqrt", 1e-3, 0)
+  assert resolved(**{"task": "summarize", "finetune.schedule": "linear",
+                     "finetune.warmup_ratio": 0.1, "train.num_steps": 70}) == ("linear", 1e-3, 7)
+  # An optimizer flag that fine-tuning would ignore is refused before anything runs.
+  argv = ["t5", f"--config=configs/t5.py:{preset}", "--config.task=summarize",
+          "--config.optimizer.learning_rate=0.01"]
+  with pytest.raises(ValueError, match="set --config.finetune.learning_rate"):
+    config_lib.check_overrides(argv, "")
 
 
 def test_missing_field_names(corpus, tmp_path):
@@ -163,7 +168,7 @@ def test_checkpoint_of_another_architecture(corpus, tmp_path):
   ckpt.save(1, state, SyntheticLM(), {"family": "gpt", "model": {}})
   ckpt.close()
   cfg = _summarize(corpus, input_field="body", target_field="title")
-  cfg.init_checkpoint = str(tmp_path / "gpt")
+  cfg.finetune.init_from = str(tmp_path / "gpt")
   with pytest.raises(ValueError, match="holds a 'gpt' model, not a T5 model"):
     train.run(cfg, str(tmp_path / "wd"))
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from t5x_lite.rouge import KEYS, rouge
+from common.rouge import KEYS, rouge
 
 TEXTS = ["the cat sat on the mat.", "Packages install tools. Each one has a synopsis!",
          "a b c d e"]

@@ -1,6 +1,7 @@
-"""ROUGE-1/2/Lsum F-measures (x100) with Google's `rouge-score` package, as T5 reports them.
+"""ROUGE-1/2/L/Lsum F-measures (x100) with Google's `rouge-score` package, as T5 reports them:
+the one ROUGE of the library (T5 evaluation and inference, GPT in-context evaluation).
 
-  python -m t5x_lite.rouge --predictions=out.jsonl [--prediction_field=prediction
+  python -m common.rouge --predictions=out.jsonl [--prediction_field=prediction
       --target_field=target]
 
 Scores are the mean over examples (T5 reports the bootstrap mid-point, which is within noise
@@ -10,12 +11,14 @@ newlines, so sentences are first put on lines of their own.
 from __future__ import annotations
 
 import json
+import os
 import re
-import sys
 
-from absl import app, flags
+from absl import flags
 
-KEYS = ("rouge1", "rouge2", "rougeLsum")
+from common import cli
+
+KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -40,11 +43,16 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
 
 def read_pairs(path: str, prediction_field: str, target_field: str) -> tuple[list[str], list[str]]:
   preds, refs = [], []
-  with open(path) as f:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--predictions {path} not found")
+  with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue
-      row = json.loads(line)
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
       for field in (prediction_field, target_field):
         if field not in row:
           raise ValueError(f"{path}:{lineno}: no field {field!r}; fields present: {sorted(row)}")
@@ -53,23 +61,25 @@ def read_pairs(path: str, prediction_field: str, target_field: str) -> tuple[lis
   return preds, refs
 
 
-_PREDICTIONS = flags.DEFINE_string("predictions", None, "JSONL file with predictions and targets.")
-_PRED_FIELD = flags.DEFINE_string("prediction_field", "prediction", "Field holding the prediction.")
-_TARGET_FIELD = flags.DEFINE_string("target_field", "target", "Field holding the reference.")
+def define_flags() -> None:
+  flags.DEFINE_string("predictions", None, "JSONL file with predictions and targets.")
+  flags.DEFINE_string("prediction_field", "prediction", "Field holding the prediction.")
+  flags.DEFINE_string("target_field", "target", "Field holding the reference.")
 
 
-def main(argv) -> None:
-  del argv
-  from common.config import exit_on_error  # pylint: disable=g-import-not-at-top
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}")
+  f = flags.FLAGS
+  if not f.predictions:
+    raise ValueError("--predictions is required")
+  scores = rouge(*read_pairs(f.predictions, f.prediction_field, f.target_field))
+  print(json.dumps({k: round(v, 2) for k, v in scores.items()}))
 
-  @exit_on_error
-  def run():
-    if not _PREDICTIONS.value:
-      raise ValueError("--predictions is required")
-    scores = rouge(*read_pairs(_PREDICTIONS.value, _PRED_FIELD.value, _TARGET_FIELD.value))
-    print(json.dumps({k: round(v, 2) for k, v in scores.items()}))
-  run()
+
+def cli_main() -> None:
+  cli.run(main, define_flags)
 
 
 if __name__ == "__main__":
-  app.run(main, argv=sys.argv)
+  cli_main()
