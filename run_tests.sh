@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The README's test command: installs the package with its test extras, then runs the suite
-# (8 fake CPU devices, tiny configs; about 8 minutes on 2 cores).
+# The README's test command: installs the package with its test and aot extras, then runs the
+# suite (8 fake CPU devices, tiny configs; about 8 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")"
-python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+python -m pip install --quiet --disable-pip-version-check -e ".[test,aot]"
 exec python -m pytest tests -q -p no:cacheprovider "$@"

@@ -1,5 +1,5 @@
-"""grain pipeline for BERT pretraining: documents -> `[CLS] A [SEP] B [SEP]` examples -> packed
-rows -> dynamic masking -> batches, resumable exactly like the LM pipeline.
+"""BERT pretraining input: documents -> `[CLS] A [SEP] B [SEP]` examples -> packed rows ->
+dynamic masking -> batches, on the lanes of `common.data.lanes` like the LM pipeline.
 
 Each document gives one example per epoch: a window of at most seq_len - 3 tokens (a random one
 for longer documents), split into A and B at a sentence boundary (else a word boundary). With
@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import grain
-import jax
 import numpy as np
 
 from bert_flax.masking import MaskingConfig, mask_sequence, sentence_end_table, word_start_table
 from common.data.classification import format_pair
-from common.data.pipeline import READ_OPTIONS
+from common.data.lanes import FirstFit, Identity, LaneIterator, owned_lanes
 from common.data.sources import Source, get_text
 from common.vocab import Vocabulary
 
@@ -98,45 +96,44 @@ class ExampleMaker:
             "nsp_weights": nsp_weights}
 
 
-def _finalize(row: dict[str, np.ndarray], rng: np.random.Generator, masking: MaskingConfig,
-              nsp: bool) -> dict[str, np.ndarray]:
-  out = {"type_ids": row["type_ids"], "positions": row["tokens_positions"],
-         "segment_ids": row["tokens_segment_ids"]}
-  out |= mask_sequence(row["tokens"], rng, masking)
+def _finalize(rows: dict[str, np.ndarray], row_ids: np.ndarray, seed: int,
+              masking: MaskingConfig, nsp: bool) -> dict[str, np.ndarray]:
+  """Packed rows -> masked model features; each row's masks are drawn from (seed, row id), so
+  every epoch masks differently and a resumed or re-sharded run masks the same way."""
+  masked = [mask_sequence(rows["tokens"][i], np.random.default_rng([seed, 1, int(r)]), masking)
+            for i, r in enumerate(row_ids)]
+  out = {"type_ids": rows["type_ids"], "positions": rows["tokens_positions"],
+         "segment_ids": rows["tokens_segment_ids"]}
+  out |= {k: np.stack([m[k] for m in masked]) for k in masked[0]}
   if nsp:
-    out |= {"nsp_labels": row["nsp_labels"], "nsp_weights": row["nsp_weights"]}
+    out |= {"nsp_labels": rows["nsp_labels"], "nsp_weights": rows["nsp_weights"]}
   return out
 
 
 def pretrain_dataset(source: Source, vocab: Vocabulary, *, text_field: str, seq_len: int,
                      batch_size: int, seed: int, masking: MaskingConfig, nsp: bool = False,
                      shuffle: bool = True, num_epochs: int | None = None,
-                     num_packing_bins: int = 0,
-                     read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
-  """Batches of [batch_size // process_count, seq_len] masked, packed rows for this process.
+                     num_packing_bins: int = 0, dataset_name: str = "",
+                     lanes: range | None = None, stop_when_exhausted: bool = False
+                     ) -> LaneIterator:
+  """This process's rows of [batch_size, seq_len] masked, packed rows (`batch_size` global).
 
   Features: tokens (corrupted), type_ids, positions, segment_ids [b, L]; mlm_positions,
   mlm_targets, mlm_weights [b, max_predictions]; with NSP also nsp_labels, nsp_weights [b, L]
-  (set at each example's [CLS]). Masks are drawn per row from (seed, row index), so each epoch
-  masks differently and a restored iterator reproduces them. `num_packing_bins` defaults to
-  the local batch size.
+  (set at each example's [CLS]). Examples are packed first-fit into `num_packing_bins` open
+  rows per row of the batch (0: 4). Row r of each global batch is lane r
+  (`common.data.lanes`): the same for any number of processes, resumed exactly.
   """
-  shards, shard = jax.process_count(), jax.process_index()
-  if batch_size % shards:
-    raise ValueError(f"global batch_size {batch_size} is not divisible by the {shards} JAX "
-                     "processes")
-  local = batch_size // shards
-  ds = grain.MapDataset.source(source)[shard::shards]
-  if len(ds) == 0:
-    raise ValueError(f"process {shard} of {shards} got no documents from a source of "
-                     f"{len(source)}")
-  if shuffle:
-    ds = ds.shuffle(seed)
-  ds = ds.repeat(num_epochs)
+  lanes = owned_lanes(batch_size) if lanes is None else lanes
   maker = ExampleMaker(source, vocab, text_field=text_field, seq_len=seq_len, nsp=nsp)
-  it = ds.random_map(maker, seed=seed).to_iter_dataset(read_options or READ_OPTIONS)
-  it = grain.experimental.FirstFitPackIterDataset(
-      it, length_struct={k: seq_len for k in _PACKED}, num_packing_bins=num_packing_bins or local,
-      seed=seed, shuffle_bins=shuffle)
-  it = it.random_map(lambda row, rng: _finalize(row, rng, masking, nsp), seed=seed + 1)
-  return it.batch(local, drop_remainder=True)
+
+  def example(raw: dict[str, Any], key: tuple[int, int]) -> dict[str, np.ndarray] | None:
+    return maker(raw, np.random.default_rng([seed, *key]))
+
+  builder = FirstFit({k: seq_len for k in _PACKED}, bins=num_packing_bins or 4)
+  identity = Identity(dataset_name or type(source).__name__, len(source), batch_size, seed,
+                      shuffle)
+  return LaneIterator(source, example, builder,
+                      lambda rows, ids: _finalize(rows, ids, seed, masking, nsp),
+                      identity=identity, num_epochs=num_epochs, lanes=lanes,
+                      stop_when_exhausted=stop_when_exhausted)

@@ -56,12 +56,12 @@ def pretrain(cfg: ConfigDict, workdir: str, *, prepare: bool = False) -> trainer
                            whole_word=p.whole_word)
 
   def make_iter(split: str, *, train: bool):
-    ds = pretrain_dataset(open_source(d.dataset, split, d.data_dir), vocab,
-                          text_field=d.text_field, seq_len=d.seq_len,
-                          batch_size=cfg.train.batch_size, seed=cfg.seed, masking=masking,
-                          nsp=p.nsp, shuffle=train and d.shuffle,
-                          num_epochs=None if train else 1, num_packing_bins=p.packing_bins)
-    return iter(ds)
+    return pretrain_dataset(open_source(d.dataset, split, d.data_dir), vocab,
+                            text_field=d.text_field, seq_len=d.seq_len,
+                            batch_size=cfg.train.batch_size, seed=cfg.seed, masking=masking,
+                            nsp=p.nsp, shuffle=train and d.shuffle,
+                            num_epochs=None if train else 1, num_packing_bins=p.packing_bins,
+                            dataset_name=f"{d.dataset}:{split}")
 
   result = trainer.train(
       BertPretrainModel(cfg), cfg, workdir,
@@ -143,9 +143,9 @@ def finetune(cfg: ConfigDict, workdir: str) -> trainer.TrainResult:
   batch = ft.train.batch_size
 
   def make_iter(role: str, *, train: bool):
-    return iter(cls_data.classification_dataset(
+    return cls_data.classification_dataset(
         sources[role], vocab, fields=fields, labels=labels, seq_len=c.seq_len, batch_size=batch,
-        seed=cfg.seed, train=train))
+        seed=cfg.seed, train=train, dataset_name=f"{c.dataset}:{splits[role]}")
 
   eval_step: list = []
 

@@ -70,6 +70,16 @@ def _meta_at(root: str, step: int) -> dict:
     raise ValueError(f"checkpoint meta {path} is unreadable ({_short(e)})") from None
 
 
+class _Snapshot:
+  """A data position taken when a save starts, for the (possibly later) data handler."""
+
+  def __init__(self, state: Any):
+    self.state = state
+
+  def get_state(self) -> Any:
+    return self.state
+
+
 class Checkpointer:
   """Policy layer over `ocp.CheckpointManager` for one work dir's `checkpoints/`."""
 
@@ -127,12 +137,13 @@ class Checkpointer:
     """Starts an (async) save; a failure of this one or of the previous one is a
     CheckpointError after the partial directory is removed."""
     os.makedirs(self.directory, exist_ok=True)
+    data_position = _Snapshot(data_iter.get_state())  # now: the iterator moves on at once
     try:
       self.manager.save(step, args=ocp.args.Composite(
           params=ocp.args.StandardSave(state["params"]),
           opt_state=ocp.args.StandardSave({"step": state["step"],
                                            "opt_state": state["opt_state"]}),
-          data=DataSave(data_iter),
+          data=DataSave(data_position),
           meta=ocp.args.JsonSave({"identity": identity, "step": int(step)})), force=True)
     except Exception as e:  # pylint: disable=broad-except
       self._failed(step, e)
@@ -153,13 +164,14 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: dict, shardings: dict, data_iter: Any) -> dict:
     """Restores onto `shardings` (any mesh: Orbax reshards on read); `data_iter` is moved to
-    the saved position in place."""
+    the saved position in place (None: the data position is not restored)."""
     target = _abstract(abstract_state, shardings)
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(target["params"]),
-        opt_state=ocp.args.StandardRestore({"step": target["step"],
-                                            "opt_state": target["opt_state"]}),
-        data=DataRestore(data_iter)))
+    items = dict(params=ocp.args.StandardRestore(target["params"]),
+                 opt_state=ocp.args.StandardRestore({"step": target["step"],
+                                                     "opt_state": target["opt_state"]}))
+    if data_iter is not None:
+      items["data"] = DataRestore(data_iter)
+    out = self.manager.restore(step, args=ocp.args.Composite(**items))
     return {"step": out["opt_state"]["step"], "params": out["params"],
             "opt_state": out["opt_state"]["opt_state"]}
 

@@ -5,7 +5,7 @@ one-line errors.
 Console: the command's own lines (progress, evaluation, samples, results), warnings and
 errors. Library INFO logging (Orbax, TFDS, absl) goes to WORKDIR/log.txt once a training run
 has started (`log_to_file`); `--verbosity=0` given explicitly brings it back to the console.
-C++ INFO logs of XLA are hidden unless TF_CPP_MIN_LOG_LEVEL is set.
+C++ INFO logs of XLA are hidden (common/__init__.py) unless TF_CPP_MIN_LOG_LEVEL is set.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from absl import logging as absl_logging
 
 from common import allocator
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 LOG_FILE = "log.txt"
 # Bad input: one line and exit status 2 (a traceback is for bugs, not for a wrong flag).

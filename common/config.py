@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 from typing import Sequence
 
 from ml_collections import ConfigDict
@@ -26,7 +25,10 @@ def base_config() -> ConfigDict:
   c.model = ConfigDict()
   c.data = ConfigDict(dict(
       dataset="debian", data_dir=DEFAULT_DATA_DIR, tokenizer="", text_field="text",
-      train_split="train", eval_split="validation", seq_len=128, shuffle=True))
+      train_split="train", eval_split="validation", seq_len=128, shuffle=True,
+      # Resume the weights of a checkpoint but start the data from its beginning (another
+      # dataset, batch size or seed than the checkpoint's, which cannot continue exactly).
+      restart=False))
   c.train = ConfigDict(dict(
       batch_size=8, num_steps=1000, grad_accum_steps=1, log_every=10, eval_every=500,
       eval_batches=8, checkpoint_every=500, keep_checkpoints=3, async_checkpoint=True,
@@ -141,16 +143,3 @@ def save_config(config: ConfigDict, workdir: str) -> str:
     json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
   os.replace(tmp, path)
   return path
-
-
-def exit_on_error(fn):
-  """Entry-point wrapper: bad input becomes one clear line on stderr and exit status 2."""
-  def run(*args, **kwargs):
-    try:
-      return fn(*args, **kwargs)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-      if os.environ.get("FLAX_PRETRAIN_TRACEBACK"):
-        raise
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-  return run

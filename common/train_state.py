@@ -149,15 +149,18 @@ def init_state(setup: Setup) -> dict:
 
 
 def start_state(setup: Setup, ckpt: Checkpointer, data_iter: Any, *,
-                init_from: str | None = None) -> tuple[dict, int | None]:
+                init_from: str | None = None, restore_data: bool = True
+                ) -> tuple[dict, int | None]:
   """The state a run starts from, and the checkpoint step it resumed (None: a fresh start).
 
   A work dir with a checkpoint resumes from its newest intact one (params, optimizer state,
-  step and the data position, moved into `data_iter`). Otherwise the state is initialised,
+  step and the data position, moved into `data_iter` unless `restore_data` is False: the
+  data then starts from its beginning). Otherwise the state is initialised,
   and with `init_from` (fine-tuning) the parameters present in that checkpoint are loaded
   over the fresh ones; a new task head keeps its initialisation; the step starts at 0.
   """
-  resumed = ckpt.restore_latest(setup.abstract_state, setup.state_shardings, data_iter)
+  resumed = ckpt.restore_latest(setup.abstract_state, setup.state_shardings,
+                                data_iter if restore_data else None)
   if resumed is not None:
     return resumed
   state = init_state(setup)

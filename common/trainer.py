@@ -106,6 +106,9 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
   partitioner = partitioner or Partitioner.from_config(cfg.mesh)
   check_config(cfg, partitioner)
   setup = make_setup(model, cfg, partitioner)
+  if setup.partitioner.replicated:  # small ones only: larger ones were an error
+    print("note: sharded fewer ways than the rules say (small parameters): "
+          + "; ".join(str(r) for r in setup.partitioner.replicated[:4]), flush=True)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints,
                       async_save=t.async_checkpoint, prune_existing=t.prune_checkpoints)
   identity = model.identity()
@@ -118,7 +121,8 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
   stack = contextlib.ExitStack()
   try:
     train_iter = make_train_iter()
-    state, resumed = start_state(setup, ckpt, train_iter, init_from=init_from)
+    state, resumed = start_state(setup, ckpt, train_iter, init_from=init_from,
+                                 restore_data=not cfg.data.get("restart", False))
     start = resumed or 0
     batches = train_iter
     if start < t.num_steps:  # the first batch checks the data before anything is written

@@ -39,7 +39,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
   c.pretrain = ConfigDict(dict(
       mask_rate=0.15, mask_token_frac=0.8, random_token_frac=0.1,
       max_predictions=20,   # per sequence (packed row); BERT: 20 at seq 128, 80 at 512
-      whole_word=False, nsp=False, packing_bins=0))  # 0: one bin per row of the local batch
+      whole_word=False, nsp=False, packing_bins=0))  # open rows per batch row; 0: 4
   c.classify = ConfigDict(dict(
       dataset="sentiment", text_field="text", text_pair_field="",
       label_field="label", labels="",  # comma-separated; empty: the training split's values

@@ -29,10 +29,10 @@ def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
 
   def make_iter(split: str, *, train: bool):
     source = open_source(d.dataset, split, d.data_dir)
-    ds = lm_dataset(source, vocab, text_field=d.text_field, seq_len=d.seq_len,
-                    batch_size=cfg.train.batch_size, seed=cfg.seed, shuffle=train and d.shuffle,
-                    num_epochs=None if train else 1, loss_regex=d.loss_regex)
-    return iter(ds)
+    return lm_dataset(source, vocab, text_field=d.text_field, seq_len=d.seq_len,
+                      batch_size=cfg.train.batch_size, seed=cfg.seed,
+                      shuffle=train and d.shuffle, num_epochs=None if train else 1,
+                      loss_regex=d.loss_regex, dataset_name=f"{d.dataset}:{split}")
 
   result = trainer.train(
       GPTModel(cfg), cfg, workdir,

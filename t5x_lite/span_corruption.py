@@ -14,12 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import grain
-import jax
 import numpy as np
 
-from common.data.pipeline import READ_OPTIONS
-from common.data.seq2seq import batch_features
+from common.data.lanes import ConcatSplit, Identity, LaneIterator, owned_lanes
+from common.data.seq2seq import pad_batch
 from common.data.sources import Source, get_text
 from common.vocab import Vocabulary
 
@@ -136,37 +134,38 @@ def span_corruption_dataset(source: Source, vocab: Vocabulary, *, text_field: st
                             input_len: int, batch_size: int, seed: int, shuffle: bool = True,
                             num_epochs: int | None = None,
                             noise_density: float = NOISE_DENSITY,
-                            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
-                            ) -> tuple[grain.IterDataset, int]:
+                            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+                            dataset_name: str = "", lanes: range | None = None,
+                            stop_when_exhausted: bool = False) -> tuple[LaneIterator, int]:
   """Documents -> tokens concatenated across documents (T5's reduce_concat_tokens) -> chunks
-  of the raw length that gives `input_len` inputs -> span corruption -> padded T5X batches.
+  of the raw length that gives `input_len` inputs -> span corruption -> padded T5X rows.
 
-  Returns (dataset, targets length). `batch_size` is global. The noise for each chunk comes
-  from grain's per-element RNG (seeded by `seed` and the element count), so resuming from a
-  checkpointed iterator state reproduces the same corruption.
+  Returns (this process's rows of each global batch, targets length); row r of each batch is
+  lane r of `common.data.lanes`. Each chunk's noise is drawn from (seed, row id), so a resumed
+  or re-sharded run corrupts the same way.
   """
   raw_len, target_len = random_spans_helper(input_len, noise_density, mean_noise_span_length)
   check_sentinels(vocab, raw_len, mean_noise_span_length, noise_density)
-  shards, shard = jax.process_count(), jax.process_index()
-  if batch_size % shards:
-    raise ValueError(f"global batch_size {batch_size} is not divisible by the {shards} JAX "
-                     "processes")
-  ds = grain.MapDataset.source(source)[shard::shards]
-  if shuffle:
-    ds = ds.shuffle(seed)
-  ds = ds.repeat(num_epochs)
+  lanes = owned_lanes(batch_size) if lanes is None else lanes
 
-  def tokenize(example: dict[str, Any]) -> dict[str, np.ndarray] | None:
+  def tokenize(example: dict[str, Any], key: tuple[int, int]) -> dict[str, np.ndarray] | None:
+    del key
     ids = vocab.encode(get_text(example, text_field))
     return {"tokens": np.asarray(ids, np.int32)} if ids else None
 
-  it = ds.map(tokenize).to_iter_dataset(READ_OPTIONS)
-  it = grain.experimental.ConcatThenSplitIterDataset(it, length_struct={"tokens": raw_len})
+  def corrupt(rows: dict[str, np.ndarray], row_ids: np.ndarray) -> dict[str, np.ndarray]:
+    pairs = []
+    for chunk, seg, r in zip(rows["tokens"], rows["tokens_segment_ids"], row_ids):
+      tokens = chunk[seg > 0]
+      pair = (span_corrupt(tokens, np.random.default_rng([seed, 2, int(r)]), vocab,
+                           noise_density, mean_noise_span_length) if tokens.size else
+              {"inputs": np.zeros(0, np.int32), "targets": np.zeros(0, np.int32)})
+      pairs.append(pair)
+    return pad_batch(pairs, input_len, target_len)
 
-  def corrupt(chunk: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    tokens = chunk["tokens"][chunk["tokens_segment_ids"] > 0]
-    return span_corrupt(tokens, rng, vocab, noise_density, mean_noise_span_length)
-
-  pairs = it.random_map(corrupt, seed=seed)
-  return batch_features(pairs, input_len=input_len, target_len=target_len,
-                        batch_size=batch_size // shards, pack=False), target_len
+  identity = Identity(dataset_name or type(source).__name__, len(source), batch_size, seed,
+                      shuffle)
+  it = LaneIterator(source, tokenize, ConcatSplit(raw_len, ("tokens",)), corrupt,
+                    identity=identity, num_epochs=num_epochs, lanes=lanes,
+                    stop_when_exhausted=stop_when_exhausted)
+  return it, target_len

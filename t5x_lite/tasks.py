@@ -58,20 +58,21 @@ def make_iter_fn(cfg: ConfigDict, vocab: Vocabulary, split: str, *, train: bool
 
   def make():
     source = open_source(d.dataset, split, d.data_dir)
+    name = f"{d.dataset}:{split}"
     if cfg.task == "pretrain":
       ds, _ = span_corruption_dataset(source, vocab, text_field=d.text_field,
                                       input_len=d.max_input_len, batch_size=cfg.train.batch_size,
                                       seed=cfg.seed, shuffle=train and d.shuffle,
-                                      num_epochs=None if train else 1)
-      return iter(ds)
+                                      num_epochs=None if train else 1, dataset_name=name)
+      return ds
     inp, tgt = fields(d)
     fn = text_pair_fn(vocab, input_field=inp, target_field=tgt, prefix=d.prefix,
                       max_input_len=d.max_input_len, max_target_len=d.max_target_len,
                       truncate_inputs=d.truncate_inputs, truncate_targets=d.truncate_targets)
-    return iter(seq2seq_dataset(source, fn, input_len=d.max_input_len,
-                                target_len=d.max_target_len, batch_size=cfg.train.batch_size,
-                                seed=cfg.seed, shuffle=train and d.shuffle,
-                                num_epochs=None if train else 1, pack=d.pack))
+    return seq2seq_dataset(source, fn, input_len=d.max_input_len, target_len=d.max_target_len,
+                           batch_size=cfg.train.batch_size, seed=cfg.seed,
+                           shuffle=train and d.shuffle, num_epochs=None if train else 1,
+                           pack=d.pack, dataset_name=name)
   return make
 
 

@@ -17,11 +17,9 @@ import math
 import os
 from typing import Any, Sequence
 
-import grain
-import jax
 import numpy as np
 
-from common.data.pipeline import READ_OPTIONS
+from common.data.lanes import Identity, LaneIterator, OnePerRow, owned_lanes
 from common.data.sources import SPLIT_PLACEHOLDER, Source, get_text, open_source
 from common.vocab import Vocabulary
 
@@ -188,73 +186,51 @@ def format_pair(ids_a: Sequence[int], ids_b: Sequence[int] | None, *, max_len: i
   return np.asarray(tokens, np.int32), np.asarray(types, np.int32)
 
 
-def _empty_row(seq_len: int, regression: bool) -> dict[str, np.ndarray]:
-  z = np.zeros(seq_len, np.int32)
-  return {"tokens": z, "type_ids": z, "positions": z, "segment_ids": z,
-          "labels": np.zeros(1, np.float32 if regression else np.int32),
-          "weights": np.zeros(1, np.float32)}
-
-
 def classification_dataset(source: Source, vocab: Vocabulary, *, fields: Fields,
                            labels: LabelMap | None, seq_len: int, batch_size: int, seed: int,
-                           train: bool, num_epochs: int | None = None,
-                           read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
-  """Batches of this process's rows: tokens/type_ids/positions/segment_ids [b, L] (segment
-  id 1 = real token, 0 = padding), labels [b, 1] (class index, or float when `labels` is None:
-  regression) and weights [b, 1] (rank 2, as the trainer shards every feature [batch, ...]).
+                           train: bool, num_epochs: int | None = None, dataset_name: str = "",
+                           lanes: range | None = None) -> LaneIterator:
+  """This process's rows of each global batch: tokens/type_ids/positions/segment_ids [b, L]
+  (segment id 1 = real token, 0 = padding), labels [b, 1] (class index, or float when
+  `labels` is None: regression) and weights [b, 1] (rank 2, as the trainer shards every
+  feature [batch, ...]).
 
-  train: shuffled each epoch, repeated `num_epochs` (None = forever), full batches only.
-  Otherwise one pass over every example in order; the last batch is padded with weight-0 rows
-  and every process yields the same number of batches.
+  train: shuffled each epoch, repeated `num_epochs` (None = forever). Otherwise one pass in
+  order: batch k row r is example k * batch_size + r, padding rows (weight 0) after the last,
+  `num_batches` batches whatever the number of processes.
   """
-  shards, shard = jax.process_count(), jax.process_index()
-  if batch_size % shards:
-    raise ValueError(f"batch_size {batch_size} is not divisible by the {shards} JAX processes")
-  local = batch_size // shards
+  if len(source) < batch_size and train:
+    raise ValueError(f"the training split has {len(source)} examples, fewer than one batch of "
+                     f"{batch_size}")
+  lanes = owned_lanes(batch_size) if lanes is None else lanes
   regression = labels is None
-  n = len(source)
 
-  def encode(example: dict[str, Any]) -> dict[str, np.ndarray]:
+  def encode(example: dict[str, Any], key: tuple[int, int]) -> dict[str, np.ndarray]:
+    del key
     a = vocab.encode(get_text(example, fields.text))
     b = vocab.encode(get_text(example, fields.text_pair)) if fields.text_pair else None
     tokens, types = format_pair(a, b, max_len=seq_len, cls_id=vocab.cls_id, sep_id=vocab.sep_id)
-    row = _empty_row(seq_len, regression)
-    k = tokens.size
-    row["tokens"] = np.pad(tokens, (0, seq_len - k))
-    row["type_ids"] = np.pad(types, (0, seq_len - k))
-    row["positions"] = np.pad(np.arange(k, dtype=np.int32), (0, seq_len - k))
-    row["segment_ids"] = np.pad(np.ones(k, np.int32), (0, seq_len - k))
     raw = example[fields.label]
-    row["labels"] = np.asarray([raw if regression else labels.index(raw)], row["labels"].dtype)
-    row["weights"] = np.ones(1, np.float32)
-    return row
+    label = np.asarray([raw if regression else labels.index(raw)],
+                       np.float32 if regression else np.int32)
+    return {"tokens": tokens, "type_ids": types, "labels": label,
+            "weights": np.ones(1, np.float32)}
 
-  if train:
-    ds = grain.MapDataset.source(source)[shard::shards]
-    if len(ds) < local:
-      raise ValueError(f"the training split has {n} examples, fewer than one batch of "
-                       f"{batch_size}")
-    ds = ds.shuffle(seed).repeat(num_epochs).map(encode)
-    return ds.to_iter_dataset(read_options or READ_OPTIONS).batch(local, drop_remainder=True)
+  def finalize(rows: dict[str, np.ndarray], row_ids: np.ndarray) -> dict[str, np.ndarray]:
+    del row_ids
+    return {"tokens": rows["tokens"], "type_ids": rows["type_ids"],
+            "positions": rows["tokens_positions"], "segment_ids": rows["tokens_segment_ids"],
+            "labels": rows["labels"], "weights": rows["weights"]}
 
-  per_process = -(-n // shards)
-
-  def encode_index(k: int) -> dict[str, np.ndarray]:
-    i = k * shards + shard
-    return encode(source[i]) if i < n else _empty_row(seq_len, regression)
-
-  def pad_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    missing = local - batch["weights"].shape[0]
-    return {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])
-            for k, v in batch.items()} if missing else batch
-
-  ds = grain.MapDataset.range(per_process).map(encode_index)
-  return (ds.to_iter_dataset(read_options or READ_OPTIONS).batch(local, drop_remainder=False)
-          .map(pad_batch))
+  builder = OnePerRow({"tokens": seq_len, "type_ids": seq_len, "labels": 1, "weights": 1},
+                      dtypes={"labels": np.float32 if regression else np.int32})
+  identity = Identity(dataset_name or type(source).__name__, len(source), batch_size, seed,
+                      train)
+  return LaneIterator(source, encode, builder, finalize, identity=identity,
+                      num_epochs=num_epochs if train else 1, lanes=lanes,
+                      max_steps=None if train else num_batches(len(source), batch_size))
 
 
 def num_batches(n_examples: int, batch_size: int) -> int:
   """Batches of one evaluation pass (`train=False`) over `n_examples`."""
-  shards = jax.process_count()
-  per_process = -(-n_examples // shards)
-  return -(-per_process // (batch_size // shards))
+  return -(-n_examples // batch_size)

@@ -1,4 +1,5 @@
-"""grain pipeline for encoder-decoder models: (inputs, targets) token pairs -> T5X features.
+"""Encoder-decoder input: (inputs, targets) token pairs -> T5X features, on the lanes of
+`common.data.lanes`.
 
 Pairs are either packed (first-fit: several short examples share a row, each keeping its own
 segment id and positions in the encoder and in the decoder) or padded one per row. Batches
@@ -8,17 +9,15 @@ carry T5X's feature names:
   decoder_target_tokens, decoder_input_tokens (targets shifted right, 0 at every segment
   start), decoder_segment_ids, decoder_positions, decoder_loss_weights.
 
-Segment id 0 is padding. Iterator state is plain JSON, so runs resume exactly.
+Segment id 0 is padding.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-import grain
-import jax
 import numpy as np
 
-from common.data.pipeline import READ_OPTIONS, _JsonStateIterDataset
+from common.data.lanes import FirstFit, Identity, LaneIterator, OnePerRow, owned_lanes
 from common.data.sources import Source
 from common.vocab import Vocabulary
 
@@ -110,48 +109,26 @@ def pad_pair(example: dict[str, np.ndarray], input_len: int, target_len: int
   return out
 
 
-def batch_features(pairs: grain.IterDataset, *, input_len: int, target_len: int,
-                   batch_size: int, pack: bool, seed: int = 0) -> grain.IterDataset:
-  """IterDataset of {"inputs", "targets"} arrays -> batches of T5X features (JSON state).
-
-  `batch_size` is this process's. Packing fills `batch_size` bins first-fit, then emits them
-  (grain's FirstFitPackIterDataset); an example longer than the row is an error upstream.
-  """
-  lengths = {"inputs": input_len, "targets": target_len}
-  if pack:
-    rows = grain.experimental.FirstFitPackIterDataset(
-        pairs, length_struct=lengths, num_packing_bins=batch_size, seed=seed,
-        shuffle_bins=False)
-  else:
-    rows = pairs.map(lambda ex: pad_pair(ex, input_len, target_len))
-  batches = rows.batch(batch_size, drop_remainder=True).map(finalize)
-  return _JsonStateIterDataset(batches)
-
-
 def seq2seq_dataset(source: Source, example_fn: Callable[[dict[str, Any]], dict[str, np.ndarray]],
                     *, input_len: int, target_len: int, batch_size: int, seed: int,
                     shuffle: bool = True, num_epochs: int | None = None, pack: bool = True,
-                    shard_by_process: bool = True) -> grain.IterDataset:
-  """Examples of `source` -> `example_fn` -> packed (or padded) batches for this process.
-
-  `batch_size` is global; `num_epochs=None` repeats forever (a final partial batch is dropped).
-  """
+                    dataset_name: str = "", lanes: range | None = None,
+                    stop_when_exhausted: bool = False) -> LaneIterator:
+  """Examples of `source` -> `example_fn` -> this process's rows of each global batch, packed
+  first-fit (several pairs per row) or padded one per row (`batch_size` is global; row r is
+  lane r of `common.data.lanes`). `num_epochs=None` repeats forever; after a finite number,
+  rows are padding (or the iterator stops: `stop_when_exhausted`)."""
   if min(input_len, target_len, batch_size) < 1:
     raise ValueError(f"input_len, target_len and batch_size must be >= 1, got {input_len}, "
                      f"{target_len}, {batch_size}")
-  shards, shard = (jax.process_count(), jax.process_index()) if shard_by_process else (1, 0)
-  if batch_size % shards:
-    raise ValueError(f"global batch_size {batch_size} is not divisible by the {shards} JAX "
-                     "processes")
-  ds = grain.MapDataset.source(source)[shard::shards]
-  if len(ds) == 0:
-    raise ValueError(f"process {shard} of {shards} got no examples from a source of "
-                     f"{len(source)} examples")
-  if shuffle:
-    ds = ds.shuffle(seed)
-  pairs = ds.repeat(num_epochs).map(example_fn).to_iter_dataset(READ_OPTIONS)
-  return batch_features(pairs, input_len=input_len, target_len=target_len,
-                        batch_size=batch_size // shards, pack=pack, seed=seed)
+  lanes = owned_lanes(batch_size) if lanes is None else lanes
+  lengths = {"inputs": input_len, "targets": target_len}
+  builder = FirstFit(lengths) if pack else OnePerRow(lengths)
+  identity = Identity(dataset_name or type(source).__name__, len(source), batch_size, seed,
+                      shuffle)
+  return LaneIterator(source, lambda ex, key: example_fn(ex), builder, lambda rows, _: finalize(rows),
+                      identity=identity, num_epochs=num_epochs, lanes=lanes,
+                      stop_when_exhausted=stop_when_exhausted)
 
 
 def pad_batch(examples: list[dict[str, np.ndarray]], input_len: int, target_len: int

@@ -31,6 +31,8 @@ def vocab(tmp_path_factory):
 def _dataset(vocab, docs, **kw):
   kw = dict(text_field="text", seq_len=48, batch_size=4, seed=0, shuffle=False,
             masking=masking_config(vocab, max_predictions=8)) | kw
+  if kw.get("num_epochs"):
+    kw["stop_when_exhausted"] = True
   return pretrain_dataset(docs, vocab, **kw)
 
 
@@ -45,7 +47,14 @@ def _unmasked(batch):
 def test_examples_are_packed_cls_a_sep_b_sep(vocab):
   docs = _docs(40, seed=1, sentences=2)
   encoded = [vocab.encode(d["text"]) for d in docs]
-  batch = next(iter(_dataset(vocab, docs)))
+  it = _dataset(vocab, docs)
+  examples = 0
+  for batch in (next(it) for _ in range(3)):
+    examples += _check_packed_rows(batch, vocab, encoded)
+  assert examples > 12  # several examples share a row
+
+
+def _check_packed_rows(batch, vocab, encoded) -> int:
   tokens = _unmasked(batch)
   seg, pos, types = batch["segment_ids"], batch["positions"], batch["type_ids"]
   assert tokens.shape == (4, 48) and batch["mlm_positions"].shape == (4, 8)
@@ -64,7 +73,7 @@ def test_examples_are_packed_cls_a_sep_b_sep(vocab):
       assert any(_contains(e, body) for e in encoded), body
       examples += 1
     assert (tokens[r][seg[r] == 0] == 0).all()  # padding is pad id
-  assert examples > 4  # several examples share a row
+  return examples
 
 
 def _contains(seq, window) -> bool:

@@ -122,7 +122,7 @@ def test_spiece_tokenizer_travels(tmp_path):
   (src / "tokenizer_config.json").write_text('{"extra_ids": 10}')
   cfg = convert.import_hf(str(src), str(tmp_path / "wd"), preset="tiny")
   cfg.data.extra_ids = 10
-  vocab = entry.load_checked_vocab(cfg, extra_ids=10)  # what t5x_lite.train does
+  vocab = entry.run_vocab(cfg, extra_ids=10)  # what t5x_lite.train does
   sp = spm.SentencePieceProcessor(model_file=str(src / "spiece.model"))
   assert vocab.vocab_size == sp.get_piece_size() + 10
   assert (vocab.pad_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2)

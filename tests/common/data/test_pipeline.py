@@ -1,12 +1,11 @@
-"""lm_dataset: lossless packing, segment-aware inputs, determinism, exact resume, sharding."""
+"""lm_dataset: lossless packing, segment-aware inputs, determinism, exact resume, rows per
+process."""
 import json
 
-import grain
-import jax
 import numpy as np
 import pytest
 
-from common.data import pipeline
+from common.data import lanes, pipeline
 from common.vocab import SentencePieceVocab
 from tests.common.test_vocab import synthetic_texts, train_tiny_vocab
 
@@ -28,6 +27,8 @@ def docs():
 
 def _ds(docs, vocab, **kw):
     args = dict(text_field="text", seq_len=SEQ_LEN, batch_size=4, seed=0)
+    if kw.get("num_epochs"):
+        args["stop_when_exhausted"] = True
     return pipeline.lm_dataset(docs, vocab, **{**args, **kw})
 
 
@@ -49,16 +50,19 @@ def _real_tokens(batches):
 
 def test_packing_keeps_every_token_once_in_shuffled_order(docs, vocab):
     batches = list(_ds(docs, vocab, batch_size=1, num_epochs=1, seed=3))
-    order = list(grain.MapDataset.source(range(len(docs))).shuffle(3))  # the epoch's doc order
+    order = lanes.Permutation(len(docs), 3, 0)(np.arange(len(docs)))  # the epoch's doc order
     expected = [t for i in order for t in vocab.encode(docs[i]["text"]) + [vocab.eos_id]]
     assert _real_tokens(batches) == expected
     assert len(batches) == -(-len(expected) // SEQ_LEN)  # the last row is padded, not dropped
 
 
-def test_partial_last_batch_is_dropped_but_nothing_else(docs, vocab):
-    full = _real_tokens(list(_ds(docs, vocab, batch_size=1, num_epochs=1)))
-    got = _real_tokens(list(_ds(docs, vocab, batch_size=4, num_epochs=1)))
-    assert got == full[:len(got)] and len(full) - len(got) < 4 * SEQ_LEN
+def test_rows_deal_documents_round_robin_and_drop_nothing(docs, vocab):
+    """Row r of each batch continues the documents at positions r, r + B, ... of the epoch."""
+    batches = list(_ds(docs, vocab, batch_size=4, num_epochs=1, shuffle=False))
+    for r in range(4):
+        row_tokens = [t for b in batches for t in b["targets"][r][b["weights"][r] == 1]]
+        assert row_tokens == [t for d in docs[r::4] for t in vocab.encode(d["text"]) +
+                              [vocab.eos_id]]
 
 
 def test_features_are_segment_aware(docs, vocab):
@@ -101,60 +105,34 @@ def test_epochs_are_reshuffled(docs, vocab):
 
 @pytest.mark.parametrize("k", [0, 1, 3, 7])
 def test_resume_from_plain_json_state_is_bitwise(docs, vocab, k):
-    ds = _ds(docs, vocab, batch_size=2)
-    it = iter(ds)
+    it = _ds(docs, vocab, batch_size=2)
     _take(it, k)
     saved = json.dumps(it.get_state())  # the state is plain JSON: what checkpointers write
     rest = _take(it, 12)  # runs into the second epoch
-    resumed = iter(ds)
+    resumed = _ds(docs, vocab, batch_size=2)
     resumed.set_state(json.loads(saved))
     _assert_same(rest, _take(resumed, 12))
 
 
-def test_resume_through_grain_orbax_checkpoint_handler(docs, vocab, tmp_path):
-    from grain import checkpoint  # pylint: disable=g-import-not-at-top
-
-    ds = _ds(docs, vocab, batch_size=2)
-    it = iter(ds)
-    _take(it, 3)  # a state with no packing remainder: the case plain JSON used to break
-    checkpoint.CheckpointHandler().save(tmp_path, item=it)
-    assert [p.name for p in tmp_path.iterdir()] == ["process_0-of-1.json"]
-    rest = _take(it, 6)
-    restored = checkpoint.CheckpointHandler().restore(tmp_path, item=iter(ds))
-    _assert_same(rest, _take(restored, 6))
-
-
-def test_state_json_round_trip_keeps_tuples():
-    state = {"a": (-1, -1), "b": [1, (2, 3)], "c": {"d": np.int64(4)}}
-    back = pipeline.iterator_state_from_json(json.loads(json.dumps(
-        pipeline.iterator_state_to_json(state))))
-    assert back == {"a": (-1, -1), "b": [1, (2, 3)], "c": {"d": 4}}
-    assert isinstance(back["a"], tuple)
-
-
-def test_processes_get_disjoint_shards_of_the_global_batch(docs, vocab, monkeypatch):
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    shard_tokens = []
-    for index in (0, 1):
-        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
-        batches = list(_ds(docs, vocab, batch_size=2, num_epochs=1, shuffle=False))
-        assert batches[0]["targets"].shape == (1, SEQ_LEN)
-        shard_tokens.append(_real_tokens(batches))
-    own = [t for d in docs[0::2] for t in vocab.encode(d["text"]) + [vocab.eos_id]]
-    assert shard_tokens[0] == own
-    everything = [t for d in docs for t in vocab.encode(d["text"]) + [vocab.eos_id]]
-    assert sorted(shard_tokens[0] + shard_tokens[1]) == sorted(everything)
+def test_processes_build_their_own_rows_of_the_same_global_batches(docs, vocab):
+    whole = _take(_ds(docs, vocab, batch_size=4), 5)
+    halves = [_take(_ds(docs, vocab, batch_size=4, lanes=range(2 * p, 2 * p + 2)), 5)
+              for p in (0, 1)]
+    for step, want in enumerate(whole):
+        for key in want:
+            got = np.concatenate([halves[0][step][key], halves[1][step][key]])
+            np.testing.assert_array_equal(got, want[key])
 
 
 def test_clear_errors(docs, vocab, monkeypatch):
+    import jax  # pylint: disable=g-import-not-at-top
     monkeypatch.setattr(jax, "process_count", lambda: 3)
     with pytest.raises(ValueError, match="global batch_size 8 is not divisible by the 3 JAX"):
         _ds(docs, vocab, batch_size=8)
-    assert _ds(docs, vocab, batch_size=8, shard_by_process=False) is not None
     with pytest.raises(ValueError, match="no field 'body'"):
-        next(iter(_ds(docs, vocab, text_field="body", shard_by_process=False)))
+        next(_ds(docs, vocab, text_field="body", lanes=range(8), batch_size=8))
     with pytest.raises(ValueError, match="seq_len and batch_size must be >= 1"):
-        _ds(docs, vocab, seq_len=0, shard_by_process=False)
+        _ds(docs, vocab, seq_len=0, lanes=range(4))
 
 
 def test_loss_regex_weights_only_the_matched_text(docs, vocab):
