@@ -31,7 +31,8 @@ setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.11",
-    packages=["common", "common.data", "bert_flax", "t5x_lite", "gpt_flax", "configs"],
+    packages=["common", "common.data", "common.vocab", "bert_flax", "t5x_lite", "gpt_flax",
+              "configs"],
     package_data={"common": ["aot_targets/*.txtpb"]},   # GPU targets for common.aot
     install_requires=INSTALL_REQUIRES,
     extras_require={

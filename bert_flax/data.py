@@ -16,7 +16,7 @@ import numpy as np
 from bert_flax.masking import MaskingConfig, mask_sequence, sentence_end_table, word_start_table
 from common.data.classification import format_pair
 from common.data.lanes import FirstFit, Identity, LaneIterator, owned_lanes
-from common.data.sources import Source, get_text
+from common.data.records import get_text, Source
 from common.vocab import Vocabulary
 
 _PACKED = ("tokens", "type_ids", "nsp_labels", "nsp_weights")

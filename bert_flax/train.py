@@ -26,7 +26,6 @@ from bert_flax.model import TASKS, BertClassifierModel, BertPretrainModel
 from common import config as config_lib
 from common import entry, steps, train_state, trainer
 from common.data import classification as cls_data
-from common.data.sources import open_source
 from common.rundir import RunDir
 
 
@@ -49,14 +48,15 @@ def pretrain(cfg: ConfigDict, workdir: str, *, prepare: bool = False) -> trainer
     entry.prepare_data(cfg)
   d, p = cfg.data, cfg.pretrain
   _check_seq_len(d.seq_len, cfg, "data.seq_len")
-  open_source(d.dataset, d.train_split, d.data_dir)  # a missing dataset fails before anything
+  train_source = entry.open_data(cfg, d.train_split)  # a missing dataset fails before anything
   vocab = entry.run_vocab(cfg)
   masking = masking_config(vocab, max_predictions=p.max_predictions, rate=p.mask_rate,
                            mask_frac=p.mask_token_frac, random_frac=p.random_token_frac,
                            whole_word=p.whole_word)
 
   def make_iter(split: str, *, train: bool):
-    return pretrain_dataset(open_source(d.dataset, split, d.data_dir), vocab,
+    source = train_source if split == d.train_split else entry.open_data(cfg, split)
+    return pretrain_dataset(source, vocab,
                             text_field=d.text_field, seq_len=d.seq_len,
                             batch_size=cfg.train.batch_size, seed=cfg.seed, masking=masking,
                             nsp=p.nsp, shuffle=train and d.shuffle,
@@ -67,7 +67,8 @@ def pretrain(cfg: ConfigDict, workdir: str, *, prepare: bool = False) -> trainer
       BertPretrainModel(cfg), cfg, workdir,
       make_train_iter=lambda: make_iter(d.train_split, train=True),
       make_eval_iter=lambda: make_iter(d.eval_split, train=False),
-      on_start=lambda: RunDir(workdir).record(cfg, vocab))
+      on_start=lambda: RunDir(workdir).record(cfg, vocab),
+      start_metrics=entry.skipped_records(train_source))
   ev = result.eval_metrics
   line = (f"validation ({d.eval_split}): MLM loss {ev['mlm_loss']:.4f}, MLM accuracy "
           f"{ev['correct']:.4f} over {int(ev['tokens'])} tokens")

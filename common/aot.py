@@ -28,23 +28,12 @@ from common import cli
 from common import config as config_lib
 from common.aot_compile import (STEPS, Compiled, Prepared, analytic_flops, bound, compile_step,
                                 family_of, min_bytes, prepare, step_flops)
-from common.aot_targets import GIB, resolve
+from common.aot_targets import GIB, REMAT_LADDER, gib, resolve
 from common.partitioning import Partitioner
-from common.transformer import REMAT_POLICIES
 
 EXIT_DOES_NOT_FIT = 3
-# Remat policies from the most activation memory kept to the least.
-REMAT_LADDER = ("none", "dots", "dots_no_batch", "full")
-assert set(REMAT_LADDER) == set(REMAT_POLICIES)
-
-
 class DoesNotFit(Exception):
   """One line: by how much, the largest consumers, what to change."""
-
-
-def gib(x: float) -> str:
-  """Bytes as GiB (MiB below 0.1 GiB, where two decimals of GiB say nothing)."""
-  return f"{x / GIB:,.2f} GiB" if abs(x) >= 0.1 * GIB else f"{x / 2 ** 20:,.2f} MiB"
 
 
 def ms(seconds: float) -> str:

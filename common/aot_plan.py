@@ -17,10 +17,9 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from common import config as config_lib
-from common.aot import REMAT_LADDER, gib
 from common.aot_compile import (Compiled, Prepared, analytic_flops, bound, compile_step,
                                 family_of, prepare, step_flops)
-from common.aot_targets import GIB, Target, resolve
+from common.aot_targets import GIB, REMAT_LADDER, Target, gib, resolve
 from common.partitioning import MeshShape
 from common.sharding import RULE_PRESETS
 

@@ -21,6 +21,15 @@ GIB = 1024 ** 3
 SPEC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aot_targets")
 
 
+# Remat policies from the most activation memory kept to the least.
+REMAT_LADDER = ("none", "dots", "dots_no_batch", "full")
+
+
+def gib(x: float) -> str:
+  """Bytes as GiB (MiB below 0.1 GiB, where two decimals of GiB say nothing)."""
+  return f"{x / GIB:,.2f} GiB" if abs(x) >= 0.1 * GIB else f"{x / 2 ** 20:,.2f} MiB"
+
+
 @dataclasses.dataclass(frozen=True)
 class Chip:
   """One JAX device of a target; figures per device (a v4/v5p megacore chip, one GPU)."""

@@ -28,7 +28,10 @@ def base_config() -> ConfigDict:
       train_split="train", eval_split="validation", seq_len=128, shuffle=True,
       # Resume the weights of a checkpoint but start the data from its beginning (another
       # dataset, batch size or seed than the checkpoint's, which cannot continue exactly).
-      restart=False))
+      restart=False,
+      # File datasets (jsonl:, text:): drop lines that are not UTF-8 / not a JSON object
+      # (counted in metrics.jsonl as data/skipped_records) instead of stopping with file:line.
+      skip_bad_records=False))
   c.train = ConfigDict(dict(
       batch_size=8, num_steps=1000, grad_accum_steps=1, log_every=10, eval_every=500,
       eval_batches=8, checkpoint_every=500, keep_checkpoints=3, async_checkpoint=True,
@@ -143,3 +146,56 @@ def save_config(config: ConfigDict, workdir: str) -> str:
     json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
   os.replace(tmp, path)
   return path
+
+
+# (dotted key, test, what it must be): numeric fields every family shares.
+_RANGES = (
+    ("train.batch_size", lambda v: v >= 1, ">= 1"),
+    ("train.num_steps", lambda v: v >= 1, ">= 1"),
+    ("train.log_every", lambda v: v >= 1, ">= 1"),
+    ("train.eval_every", lambda v: v >= 1, ">= 1"),
+    ("train.eval_batches", lambda v: v >= 1, ">= 1"),
+    ("train.checkpoint_every", lambda v: v >= 1, ">= 1"),
+    ("train.keep_checkpoints", lambda v: v >= 1, ">= 1 (0 would delete every checkpoint)"),
+    ("train.grad_accum_steps", lambda v: v >= 1, ">= 1"),
+    ("train.spike_factor", lambda v: v == 0 or v > 1, "> 1, or 0 (off)"),
+    ("train.peak_flops_per_device", lambda v: v >= 0, ">= 0"),
+    ("optimizer.learning_rate", lambda v: v > 0, "> 0"),
+    ("optimizer.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("optimizer.end_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("optimizer.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optimizer.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.eps", lambda v: v > 0, "> 0"),
+    ("optimizer.clip_norm", lambda v: v >= 0, ">= 0 (0: off)"),
+    ("finetune.learning_rate", lambda v: v > 0, "> 0"),
+    ("finetune.warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("data.seq_len", lambda v: v >= 1, ">= 1"),
+    ("loss.z_loss", lambda v: v >= 0, ">= 0"),
+    ("loss.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+)
+DTYPES = ("float32", "bfloat16")
+
+
+def _get(cfg: ConfigDict, dotted: str):
+  node = cfg
+  for part in dotted.split("."):
+    if not isinstance(node, ConfigDict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def validate(cfg: ConfigDict) -> None:
+  """Signs and ranges of the shared numeric fields and the model's dtype: one line naming the
+  field, its value and what it must be, before any data is read or anything written."""
+  for key, ok, what in _RANGES:
+    value = _get(cfg, key)
+    if value is not None and not ok(value):
+      raise ValueError(f"{key}={value} must be {what}")
+  model = cfg.get("model", ConfigDict())
+  if model.get("dtype") not in (None, *DTYPES):
+    raise ValueError(f"model.dtype={model.dtype!r}; valid: {', '.join(DTYPES)}")
+  for key, value in model.items():
+    if "dropout" in key and isinstance(value, float) and not 0 <= value < 1:
+      raise ValueError(f"model.{key}={value} must be in [0, 1)")

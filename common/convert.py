@@ -34,6 +34,7 @@ from bert_flax import hf as bert_hf
 from common.hf_files import Family, Tensors, preset_config, read_hf_config, read_hf_weights
 from common.param_layout import abstract_network, from_params, to_params, trim_vocab
 from common.rundir import RunDir
+from common.vocab import hf as hf_vocab
 from gpt_flax import hf as gpt_hf
 from t5x_lite import hf as t5_hf
 
@@ -99,7 +100,6 @@ def import_hf(hf_dir: str, workdir: str, *, preset: str | None = None, dtype: st
     raise ValueError(f"{hf_dir} holds tensors a {arch} with this config.json does not have: "
                      f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
   params = to_params(abstract_network(model), canonical)
-  from common import hf_vocab  # pylint: disable=g-import-not-at-top
   vocab_path = hf_vocab.import_tokenizer(hf_dir, os.path.join(workdir, "vocab"), hf_cfg)
   if vocab_path:
     cfg.data.tokenizer = vocab_path
@@ -159,8 +159,8 @@ def export_hf(workdir: str, out_dir: str, *, step: int | None = None) -> str:
   vocab_size = hf_source.get("vocab_size")
   if vocab_size is not None and vocab_size < cfg.model.vocab_size:  # undo import-time padding
     canonical = trim_vocab(model, canonical, vocab_size)
-  from common import hf_vocab  # pylint: disable=g-import-not-at-top
-  vocab = hf_vocab.workdir_vocab(workdir)
+  run_dir = RunDir(workdir)
+  vocab = run_dir.vocab() if os.path.isdir(run_dir.vocab_dir) else None
   tensors = family.export_tensors(model, canonical)
   hf_cfg = family.hf_config(model, hf_source, canonical, vocab)
   os.makedirs(out_dir, exist_ok=True)

@@ -15,6 +15,8 @@ from ml_collections import ConfigDict, config_flags
 
 from common import cli
 from common import config as config_lib
+from common.data.records import Source
+from common.data.sources import open_source
 from common.rundir import RunDir
 from common.vocab import SentencePieceVocab, Vocabulary, load_vocab
 
@@ -46,6 +48,23 @@ def workdir() -> str:
   if not FLAGS.workdir:
     raise ValueError("--workdir is required")
   return os.path.abspath(os.path.expanduser(FLAGS.workdir))
+
+
+def open_data(cfg: ConfigDict, split: str) -> Source:
+  """`split` of the run's dataset (`data.dataset`, `data.data_dir`); with
+  `data.skip_bad_records`, bad lines of file datasets are dropped and one warning says how
+  many."""
+  source = open_source(cfg.data.dataset, split, cfg.data.data_dir,
+                       skip_bad_records=cfg.data.skip_bad_records)
+  if getattr(source, "skipped", 0):
+    print(f"warning: skipped {source.skipped} bad records of {cfg.data.dataset} split {split!r} "
+          f"(first: {source.first_skipped})", flush=True)
+  return source
+
+
+def skipped_records(source: Source) -> dict[str, float]:
+  """The metrics row a run writes at its start about its training data."""
+  return {"data/skipped_records": float(getattr(source, "skipped", 0))}
 
 
 def tokenizer_size(cfg: ConfigDict, extra_ids: int = 0) -> int:
@@ -133,6 +152,7 @@ def make_cli(run: Callable[..., Any], family: str, default_preset: str) -> Calla
   def main(argv: list[str]) -> None:
     if len(argv) > 1:
       raise ValueError(f"unexpected arguments {argv[1:]}")
+    config_lib.validate(holder[0].value)
     init_distributed()
     run(holder[0].value, workdir(), prepare=FLAGS.prepare)
 

@@ -13,11 +13,13 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import tempfile
 from typing import Any, Callable, Iterator
 
 from ml_collections import ConfigDict
 
 from common import cli
+from common import config as config_lib
 from common.checkpoint import Checkpointer
 from common.hooks import CheckpointHook, DivergenceGuard, EvalHook, ProgressHook, Run
 from common.metrics import MetricsWriter, peak_flops
@@ -40,15 +42,6 @@ class TrainResult:
   start_step: int
 
 
-def check_train_section(cfg: ConfigDict) -> None:
-  t = cfg.train
-  for name in ("num_steps", "log_every", "checkpoint_every", "eval_every", "eval_batches"):
-    if t[name] <= 0:
-      raise ValueError(f"train.{name}={t[name]} must be positive")
-  if t.spike_factor != 0 and t.spike_factor <= 1:
-    raise ValueError(f"train.spike_factor={t.spike_factor} must be > 1 (or 0: off)")
-
-
 def check_writable(workdir: str) -> None:
   """The work dir (or the nearest existing parent it will be created in) accepts files."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -56,8 +49,11 @@ def check_writable(workdir: str) -> None:
   path = workdir
   while not os.path.exists(path):
     path = os.path.dirname(path)
-  if not os.access(path, os.W_OK | os.X_OK):
-    raise ValueError(f"--workdir {workdir}: {path} is not writable")
+  try:
+    with tempfile.TemporaryFile(dir=path):  # a real write: permissions, read-only mounts, root
+      pass
+  except OSError as e:
+    raise ValueError(f"--workdir {workdir}: {path} is not writable ({e.strerror})") from None
 
 
 class _StartGuard:
@@ -90,8 +86,8 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
           init_from: str | None = None,
           partitioner: Partitioner | None = None,
           on_start: Callable[[], None] | None = None,
-          extra_eval: Callable[[int, dict, Setup], dict[str, float]] | None = None
-          ) -> TrainResult:
+          extra_eval: Callable[[int, dict, Setup], dict[str, float]] | None = None,
+          start_metrics: dict[str, float] | None = None) -> TrainResult:
   """Runs (or resumes) training in `workdir` until `cfg.train.num_steps`.
 
   `make_train_iter()` returns an iterator of host-local batches with get_state/set_state; its
@@ -100,9 +96,10 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
   checkpoint yet; steps then count from 0. `on_start` runs once the data has produced its
   first batch, before anything is written (e.g. to record config and tokenizer).
   `extra_eval(step, state, setup)` adds task metrics (accuracy/F1, ROUGE, ...) at each eval.
+  `start_metrics` (e.g. data/skipped_records) are written once, at the start step.
   """
   t = cfg.train
-  check_train_section(cfg)
+  config_lib.validate(cfg)
   partitioner = partitioner or Partitioner.from_config(cfg.mesh)
   check_config(cfg, partitioner)
   setup = make_setup(model, cfg, partitioner)
@@ -131,6 +128,8 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
       on_start()
     stack.enter_context(cli.log_to_file(workdir))
     writer = MetricsWriter(workdir, resume_step=start)
+    if start_metrics and resumed is None:
+      writer.write(start, start_metrics)
     run = Run(setup, state, train_iter, writer, start, t.num_steps, resumed,
               guard=DivergenceGuard(t.spike_factor))
     peak = peak_flops(cfg.model.get("dtype", "float32"), t.peak_flops_per_device)

@@ -51,6 +51,11 @@ def get_config(preset: str = "demo") -> ConfigDict:
   c.optimizer.update(name="adafactor", learning_rate=0.01, warmup_steps=10_000,
                      schedule="rsqrt", weight_decay=0.0, clip_norm=0.0)
   c.finetune.update(schedule="constant", learning_rate=1e-3, warmup_ratio=0.0)
+  # Learning curves (`python -m t5x_lite.transfer`): fine-tuning steps per label budget n are
+  # clip(epochs x n / train.batch_size, min_steps, max_steps); beam search (the `infer`
+  # section) on the first test_examples test inputs (0 = all).
+  c.transfer = ConfigDict(dict(budgets="100,300,1000,3000,all", seeds="0,1", epochs=3,
+                               min_steps=100, max_steps=400, test_examples=500))
   if preset == "tiny":
     c.model = _model(2, 2, 64, 4, 16, 128, 512, dtype="float32")
     c.data.update(max_input_len=32, max_target_len=16, extra_ids=100)
@@ -59,6 +64,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.optimizer.update(learning_rate=1e-2, warmup_steps=2, adafactor_min_dim_to_factor=32)
     c.rouge.update(num_examples=8, batch_size=8, max_decode_len=8)
     c.infer.update(beam_size=2, max_decode_len=8, batch_size=8)
+    c.transfer.update(budgets="16,all", seeds="0", min_steps=2, max_steps=4, test_examples=8)
   elif preset == "demo":
     # fp32: on CPUs without avx512_bf16 (these VMs) XLA's bf16 matmuls are slower than fp32.
     c.model = _model(4, 4, 256, 4, 64, 768, 8192, dtype="float32", scan_layers=False)

@@ -37,7 +37,8 @@ from flax import nnx
 
 from common import config as config_lib
 from common import cli
-from common.data.sources import Source, get_text, open_source
+from common.data.records import get_text, Source
+from common.data.sources import open_source
 from common.rouge import rouge
 from common.rundir import LoadedRun
 from common.vocab import Vocabulary

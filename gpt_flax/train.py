@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from common import entry, trainer
 from common.data.pipeline import compile_loss_regex, lm_dataset
-from common.data.sources import get_text, open_source
+from common.data.records import get_text
 from common.rundir import RunDir
 from gpt_flax.generate import encode_prompt, generate_text
 from gpt_flax.model import GPTModel
@@ -22,13 +22,13 @@ def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
                      "positions")
   if prepare:
     entry.prepare_data(cfg)
-  open_source(d.dataset, d.train_split, d.data_dir)  # a missing dataset fails before anything
+  train_source = entry.open_data(cfg, d.train_split)  # a missing dataset fails before anything
   if d.loss_regex:
     compile_loss_regex(d.loss_regex)
   vocab = entry.run_vocab(cfg)
 
   def make_iter(split: str, *, train: bool):
-    source = open_source(d.dataset, split, d.data_dir)
+    source = train_source if split == d.train_split else entry.open_data(cfg, split)
     return lm_dataset(source, vocab, text_field=d.text_field, seq_len=d.seq_len,
                       batch_size=cfg.train.batch_size, seed=cfg.seed,
                       shuffle=train and d.shuffle, num_epochs=None if train else 1,
@@ -39,12 +39,13 @@ def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
       make_train_iter=lambda: make_iter(d.train_split, train=True),
       make_eval_iter=lambda: make_iter(d.eval_split, train=False),
       init_from=cfg.finetune.init_from or None,
-      on_start=lambda: RunDir(workdir).record(cfg, vocab))
+      on_start=lambda: RunDir(workdir).record(cfg, vocab),
+      start_metrics=entry.skipped_records(train_source))
   ev = result.eval_metrics
   print(f"validation ({d.eval_split}): loss {ev['loss']:.4f}, perplexity {ev['perplexity']:.2f}, "
         f"token accuracy {ev['correct']:.4f} over {int(ev['tokens'])} tokens", flush=True)
   s = cfg.sample
-  prompts = list(s.prompts) or validation_prompts(open_source(d.dataset, d.eval_split, d.data_dir),
+  prompts = list(s.prompts) or validation_prompts(entry.open_data(cfg, d.eval_split),
                                                   d.text_field, s.num_prompts)
   longest = max((len(encode_prompt(vocab, p)) for p in prompts), default=0)
   new_tokens = min(s.max_new_tokens, cfg.model.max_len - longest)  # what fits the context

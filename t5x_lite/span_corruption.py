@@ -18,7 +18,7 @@ import numpy as np
 
 from common.data.lanes import ConcatSplit, Identity, LaneIterator, owned_lanes
 from common.data.seq2seq import pad_batch
-from common.data.sources import Source, get_text
+from common.data.records import get_text, Source
 from common.vocab import Vocabulary
 
 NOISE_DENSITY = 0.15

@@ -8,8 +8,8 @@ from typing import Any, Callable
 import numpy as np
 from ml_collections import ConfigDict
 
+from common import entry
 from common.data.seq2seq import field_text, fit_length, seq2seq_dataset, text_pair_fn
-from common.data.sources import open_source
 from common.vocab import Vocabulary
 from t5x_lite.span_corruption import span_corruption_dataset
 
@@ -57,7 +57,7 @@ def make_iter_fn(cfg: ConfigDict, vocab: Vocabulary, split: str, *, train: bool
   d = cfg.data
 
   def make():
-    source = open_source(d.dataset, split, d.data_dir)
+    source = entry.open_data(cfg, split)
     name = f"{d.dataset}:{split}"
     if cfg.task == "pretrain":
       ds, _ = span_corruption_dataset(source, vocab, text_field=d.text_field,
@@ -81,7 +81,7 @@ def text_examples(cfg: ConfigDict, vocab: Vocabulary, split: str, num: int
   """The first `num` examples of a split (all if num <= 0): (input texts, encoder ids, target
   texts). Inputs are truncated to the encoder length like in training."""
   d = cfg.data
-  source = open_source(d.dataset, split, d.data_dir)
+  source = entry.open_data(cfg, split)
   n = len(source) if num <= 0 else min(num, len(source))
   inp, tgt = fields(d)
   examples = source.__getitems__(list(range(n)))

@@ -19,7 +19,6 @@ from common import config as config_lib
 from common import entry, train_state, trainer
 from common.checkpoint import read_meta
 from common.rundir import RunDir
-from common.data.sources import open_source
 from t5x_lite import tasks
 from t5x_lite.decode import predict_ids
 from t5x_lite.model import T5Model
@@ -74,7 +73,7 @@ def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
   if prepare:
     entry.prepare_data(cfg, extra_ids=cfg.data.extra_ids)
   d = cfg.data
-  source = open_source(d.dataset, d.train_split, d.data_dir)  # a missing dataset fails first
+  source = entry.open_data(cfg, d.train_split)  # a missing dataset fails first
   if cfg.task != "pretrain":
     tasks.check_fields(source[0], d)
   vocab = entry.run_vocab(cfg, extra_ids=d.extra_ids)
@@ -89,6 +88,7 @@ def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
       make_eval_iter=tasks.make_iter_fn(cfg, vocab, d.eval_split, train=False),
       init_from=cfg.finetune.init_from or None,
       on_start=lambda: RunDir(workdir).record(cfg, vocab),
+      start_metrics=entry.skipped_records(source),
       extra_eval=rouge_eval(cfg, vocab) if use_rouge else None)
   ev = result.eval_metrics
   line = (f"validation ({d.eval_split}): loss {ev['loss']:.4f}, perplexity "

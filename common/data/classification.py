@@ -20,7 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from common.data.lanes import Identity, LaneIterator, OnePerRow, owned_lanes
-from common.data.sources import SPLIT_PLACEHOLDER, Source, get_text, open_source
+from common.data.records import get_text, Source
+from common.data.sources import SPLIT_PLACEHOLDER, open_source
 from common.vocab import Vocabulary
 
 FEATURES = ("tokens", "type_ids", "positions", "segment_ids", "labels", "weights")

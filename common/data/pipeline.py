@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from common.data.lanes import ConcatSplit, Identity, LaneIterator, owned_lanes
-from common.data.sources import Source, get_text
+from common.data.records import get_text, Source
 from common.vocab import Vocabulary
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from common.data.sources import DecodedSource
+from common.data.records import DecodedSource
 
 PACKAGE, VERSION = "vadersentiment", "3.3.2"
 SDIST_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from common.data.lanes import FirstFit, Identity, LaneIterator, OnePerRow, owned_lanes
-from common.data.sources import Source
+from common.data.records import Source, get_text
 from common.vocab import Vocabulary
 
 FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
@@ -27,17 +27,8 @@ FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
 
 
 def field_text(example: dict[str, Any], field: str, role: str) -> str:
-  """example[field] as text, or an error naming the config flag that picks the field."""
-  if field not in example:
-    raise ValueError(f"example has no {role} field {field!r}; fields present: "
-                     f"{sorted(example)}; set --config.data.{role}_field")
-  value = example[field]
-  if isinstance(value, bytes):
-    value = value.decode("utf-8")
-  if not isinstance(value, str):
-    raise ValueError(f"{role} field {field!r} holds {type(value).__name__}, not text; fields "
-                     f"present: {sorted(example)}")
-  return value
+  """The `role` ("input" or "target") text of an example (`get_text` with T5's flag names)."""
+  return get_text(example, field, role=role, flag=f"--config.data.{role}_field")
 
 
 def fit_length(ids: list[int], max_len: int, eos_id: int, *, truncate: bool, role: str

@@ -15,7 +15,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
 
 from common import convert  # pylint: disable=g-import-not-at-top
-from common.hf_vocab import TokenizersVocab  # pylint: disable=g-import-not-at-top
+from common.vocab.hf import TokenizersVocab  # pylint: disable=g-import-not-at-top
 from common.vocab import load_vocab  # pylint: disable=g-import-not-at-top
 
 V, L = 90, 12

@@ -163,7 +163,7 @@ def test_finetune_vocab_checks_a_hf_tokenizer_json_like_a_sentencepiece_model(da
   no `model_path`); fine-tuning from it uses it, and naming another tokenizer is an error that
   compares files instead of failing on the attribute."""
   from common import entry
-  from common.hf_vocab import TokenizersVocab
+  from common.vocab.hf import TokenizersVocab
   from common.vocab import load_vocab
   os.makedirs(tmp_path / "src")
   saved = TokenizersVocab(_wordpiece(tmp_path / "src" / "tokenizer.json",

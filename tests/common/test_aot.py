@@ -27,6 +27,11 @@ def _cfg(family: str, preset: str = "tiny", **overrides):
   return config_lib.apply_overrides(cfg, overrides)
 
 
+def test_the_remat_ladder_names_every_policy():
+  from common.transformer import REMAT_POLICIES  # pylint: disable=g-import-not-at-top
+  assert set(aot_targets.REMAT_LADDER) == set(REMAT_POLICIES)
+
+
 def test_every_documented_name_resolves_to_its_topology():
   expect = {"v4-8": (4, 1), "v4-32": (16, 4), "v5e-1": (1, 1), "v5e-8": (8, 1),
             "v5e-256": (256, 64), "v5litepod-16": (16, 4), "v5p-64": (32, 8),

@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 
 from common import convert, train_state
 from common.checkpoint import load_params
-from common.hf_vocab import TokenizersVocab
+from common.vocab.hf import TokenizersVocab
 from common.vocab import load_vocab
 from common.partitioning import Partitioner
 from gpt_flax.model import GPTModel

@@ -4,7 +4,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from common import entry
-from common.hf_vocab import TokenizersVocab
+from common.vocab.hf import TokenizersVocab
 from common.vocab import SentencePieceVocab
 from configs.t5 import get_config
 from tests.common.test_vocab import train_tiny_vocab

@@ -129,7 +129,7 @@ def test_clear_errors(docs, vocab, monkeypatch):
     monkeypatch.setattr(jax, "process_count", lambda: 3)
     with pytest.raises(ValueError, match="global batch_size 8 is not divisible by the 3 JAX"):
         _ds(docs, vocab, batch_size=8)
-    with pytest.raises(ValueError, match="no field 'body'"):
+    with pytest.raises(ValueError, match="no text field 'body'"):
         next(_ds(docs, vocab, text_field="body", lanes=range(8), batch_size=8))
     with pytest.raises(ValueError, match="seq_len and batch_size must be >= 1"):
         _ds(docs, vocab, seq_len=0, lanes=range(4))

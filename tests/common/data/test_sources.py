@@ -5,6 +5,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from common.data import sources
+from common.data.records import get_text
 from common.data.seq2seq import field_text
 from configs.t5 import get_config
 from t5x_lite import tasks
@@ -35,13 +36,23 @@ def test_jsonl_glob_without_placeholder_is_same_for_every_split(tmp_path):
         assert [src[i]["text"] for i in range(len(src))] == ["a", "b", "c"]  # sorted file order
 
 
-def test_jsonl_bad_line_names_file_and_line(tmp_path):
-    (tmp_path / "d.jsonl").write_text('{"text": "ok"}\n{not json}\n[1, 2]\n')
-    src = sources.open_source(f"jsonl:{tmp_path}/d.jsonl", "train", "/unused")
-    with pytest.raises(ValueError, match=r"d.jsonl:2: invalid JSON"):
-        src[1]
-    with pytest.raises(ValueError, match=r"d.jsonl:3: expected a JSON object, got list"):
-        src[2]
+def test_bad_lines_name_file_and_line_when_opened_or_are_skipped_and_counted(tmp_path):
+    (tmp_path / "d.jsonl").write_bytes(b'{"text": "ok"}\n{not json}\n[1, 2]\n{"text": "\xff"}\n'
+                                       b'{"text": "fine"}\n')
+    spec = f"jsonl:{tmp_path}/d.jsonl"
+    with pytest.raises(ValueError, match=r"d.jsonl:2: invalid JSON .*skip_bad_records=True"):
+        sources.open_source(spec, "train", "/unused")
+    src = sources.open_source(spec, "train", "/unused", skip_bad_records=True)
+    assert [src[i]["text"] for i in range(len(src))] == ["ok", "fine"]
+    assert src.skipped == 3 and src.first_skipped.endswith("d.jsonl:2: invalid JSON "
+                                                           "(Expecting property name enclosed "
+                                                           "in double quotes, column 2)")
+    (tmp_path / "t.txt").write_bytes(b"good line\n\xfe\xff bad\n")
+    with pytest.raises(ValueError, match=r"t.txt:2: not UTF-8 text"):
+        sources.open_source(f"text:{tmp_path}/t.txt", "train", "/unused")
+    with pytest.raises(ValueError, match=r"expected a JSON object, got list"):
+        (tmp_path / "l.jsonl").write_text("[1, 2]\n")
+        sources.open_source(f"jsonl:{tmp_path}/l.jsonl", "train", "/unused")
 
 
 def test_text_spec_one_document_per_nonempty_line(tmp_path):
@@ -64,19 +75,20 @@ def test_debian_not_prepared_says_how_to_prepare(tmp_path):
         sources.open_source("debian", "train", str(tmp_path))
 
 
-def test_get_text_errors_name_the_fields():
-    assert sources.get_text({"text": "hi"}, "text") == "hi"
-    assert sources.get_text({"text": b"hi"}, "text") == "hi"
-    with pytest.raises(ValueError, match=r"no field 'body'; fields present: \['label', 'text'\]"):
-        sources.get_text({"text": "x", "label": 1}, "body")
+def test_get_text_errors_name_the_fields_and_the_flag():
+    assert get_text({"text": "hi"}, "text") == "hi"
+    assert get_text({"text": b"hi"}, "text") == "hi"
+    with pytest.raises(ValueError, match=r"no text field 'body'; fields present: "
+                                         r"\['label', 'text'\]; set --config.data.text_field"):
+        get_text({"text": "x", "label": 1}, "body")
     with pytest.raises(ValueError, match=r"field 'label' holds int, not text"):
-        sources.get_text({"text": "x", "label": 1}, "label")
+        get_text({"text": "x", "label": 1}, "label")
 
 
 def test_tfds_catalog_through_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
         imdb = sources.open_source("tfds:imdb_reviews", "train", str(tmp_path))
-        assert len(imdb) == 6 and isinstance(sources.get_text(imdb[0], "text"), str)
+        assert len(imdb) == 6 and isinstance(get_text(imdb[0], "text"), str)
         cnn = sources.open_source("tfds:cnn_dailymail", "validation", str(tmp_path))
         assert {"article", "highlights"} <= set(cnn[0])
         assert all(isinstance(cnn[0][k], str) for k in ("article", "highlights"))

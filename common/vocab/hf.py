@@ -1,7 +1,7 @@
 """Vocabulary backend for Hugging Face `tokenizer.json` files (GPT-2 byte-level BPE, BERT
-WordPiece, ...), read locally with the `tokenizers` library behind `common.vocab.Vocabulary`;
-Hugging Face T5's `spiece.model` (our SentencePiece ids, but no bos); and moving tokenizers
-between Hugging Face model directories and work dirs.
+WordPiece, ...), read locally with the `tokenizers` library behind `common.vocab.Vocabulary`,
+and moving tokenizers (Hugging Face T5's `spiece.model` too) between Hugging Face model
+directories and work dirs.
 
 Special-token ids are the source tokenizer's own (GPT-2: bos = eos = unk = pad =
 <|endoftext|>; BERT: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103), not the
@@ -21,8 +21,8 @@ import sentencepiece as spm
 from absl import logging
 from tokenizers import Tokenizer
 
-from common.vocab import (EOS_ID, PAD_ID, UNK_ID, SentencePieceVocab, Vocabulary,
-                          atomic_write_bytes, load_vocab, sidecar_path)
+from common.vocab.base import Vocabulary, atomic_write_bytes
+from common.vocab.spm_vocab import NoBosSentencePieceVocab, SentencePieceVocab
 
 ROLES = ("pad", "eos", "unk", "bos", "cls", "sep", "mask")
 # Well-known spellings, most specific first; BERT has no eos/bos and uses [SEP]/[CLS].
@@ -174,37 +174,6 @@ class TokenizersVocab:
     return target
 
 
-class NoBosSentencePieceVocab(SentencePieceVocab):
-  """A SentencePiece model with pad 0 / eos 1 / unk 2 and no bos (Hugging Face T5's
-  spiece.model). `bos_id` is pad, T5's decoder-start token; everything else is
-  SentencePieceVocab. `load_vocab` picks it from the sidecar's backend."""
-
-  BACKEND = "sentencepiece_nobos"
-
-  def __init__(self, model_path: str, extra_ids: int = 0):  # pylint: disable=super-init-not-called
-    if not os.path.isfile(model_path):
-      raise FileNotFoundError(f"SentencePiece model '{model_path}' not found")
-    if extra_ids < 0:
-      raise ValueError(f"extra_ids must be >= 0, got {extra_ids}")
-    sp = spm.SentencePieceProcessor(model_file=model_path)
-    actual = {"pad": sp.pad_id(), "eos": sp.eos_id(), "unk": sp.unk_id(), "bos": sp.bos_id()}
-    if actual != {"pad": PAD_ID, "eos": EOS_ID, "unk": UNK_ID, "bos": -1}:
-      raise ValueError(f"SentencePiece model '{model_path}' has special ids {actual}; expected "
-                       "T5's pad 0, eos 1, unk 2 and no bos")
-    self.model_path, self.extra_ids, self._sp, self._sp_size = (
-        model_path, extra_ids, sp, sp.get_piece_size())
-    self.vocab_size = self._sp_size + extra_ids
-    self.pad_id, self.eos_id, self.unk_id, self.bos_id = PAD_ID, EOS_ID, UNK_ID, PAD_ID
-
-  def save_to(self, directory: str) -> str:
-    target = super().save_to(directory)
-    with open(sidecar_path(target)) as f:
-      meta = json.load(f)
-    meta["backend"] = self.BACKEND
-    atomic_write_bytes(sidecar_path(target), json.dumps(meta, indent=2).encode())
-    return target
-
-
 def _sentencepiece_vocab(path: str, extra_ids: int) -> SentencePieceVocab | None:
   """Ours (bos 3) or T5's (no bos); None for a model with other special ids."""
   for cls in (SentencePieceVocab, NoBosSentencePieceVocab):
@@ -245,11 +214,6 @@ def import_tokenizer(hf_dir: str, vocab_dir: str, hf_cfg: dict) -> str | None:
     return TokenizersVocab(path, hf_special_tokens(hf_dir)).save_to(vocab_dir)
   logging.warning("%s has no spiece.model or tokenizer.json: the work dir gets no vocab/", hf_dir)
   return None
-
-
-def workdir_vocab(workdir: str) -> Vocabulary | None:
-  vocab_dir = os.path.join(workdir, "vocab")
-  return load_vocab(vocab_dir) if os.path.isdir(vocab_dir) else None
 
 
 def export_tokenizer(vocab: Vocabulary, out_dir: str, sp_tokenizer_class: str | None) -> None:
