@@ -13,12 +13,13 @@ never leaves a checkpoint that looks whole.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -29,7 +30,9 @@ from common.data_state import DataRestore, DataSave, DataStateError
 # with other values of these (an fp32 run in bf16, another remat policy or attention kernel).
 EXECUTION_FIELDS = frozenset({"dtype", "remat_policy", "attention_impl", "dropout_rate",
                               "attention_dropout_rate"})
-DAMAGED_DIR = "damaged"  # where damaged checkpoints are moved (not a step name: Orbax skips it)
+# Where checkpoints are moved aside (never deleted): not step names, so Orbax skips them.
+DAMAGED_DIR = "damaged"    # could not be restored
+DIVERGED_DIR = "diverged"  # written after training began to diverge
 
 
 class CheckpointError(OSError):
@@ -61,6 +64,28 @@ def _short(e: BaseException) -> str:
   return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
 
+def _chain_text(e: BaseException | None) -> str:
+  parts = []
+  while e is not None:
+    parts.append(str(e))
+    e = e.__cause__ or e.__context__
+  return " ".join(parts)
+
+
+def _unreadable(e: BaseException) -> bool:
+  """Whether a restore failed on the files (truncated, missing, garbage), not on a run whose
+  settings changed the state's structure: Orbax wraps TensorStore's errors in a bare
+  Exception, so the whole chain is looked at."""
+  markers = ("OUT_OF_RANGE", "DATA_LOSS", "NOT_FOUND", "ZSTD", "Error reading", "Unexpected end",
+             "not valid JSON", "No such file", "does not exist", "Failed to decode",
+             "corrupt", "truncated", "was not found in the checkpoint", "Available items")
+  while e is not None:
+    if isinstance(e, (OSError, json.JSONDecodeError)) or any(m in str(e) for m in markers):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
 def _meta_at(root: str, step: int) -> dict:
   path = os.path.join(root, str(step), "meta", "metadata")
   try:
@@ -80,6 +105,19 @@ class _Snapshot:
     return self.state
 
 
+@dataclasses.dataclass
+class _KeepPolicy:
+  """Orbax preservation: the latest `n` checkpoints, plus `protected` steps (the last one
+  written before training began to diverge: `common.hooks.DivergenceGuard`)."""
+  n: int
+  protected: set[int] = dataclasses.field(default_factory=set)
+
+  def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+    del context
+    latest = {c.step for c in checkpoints[-self.n:]}
+    return [c.step in latest or c.step in self.protected for c in checkpoints]
+
+
 class Checkpointer:
   """Policy layer over `ocp.CheckpointManager` for one work dir's `checkpoints/`."""
 
@@ -91,6 +129,8 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self.max_to_keep, self.async_save = max_to_keep, async_save
     self._manager: ocp.CheckpointManager | None = None
+    self._pending: int | None = None
+    self.keep = _KeepPolicy(max_to_keep)
     existing = self.steps()
     if len(existing) > max_to_keep and not prune_existing:
       raise ValueError(
@@ -103,7 +143,7 @@ class Checkpointer:
   def manager(self) -> ocp.CheckpointManager:
     if self._manager is None:
       self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-          max_to_keep=self.max_to_keep, enable_async_checkpointing=self.async_save,
+          preservation_policy=self.keep, enable_async_checkpointing=self.async_save,
           create=False))
     return self._manager
 
@@ -133,34 +173,42 @@ class Checkpointer:
       raise ValueError(f"work dir {self.directory} holds a checkpoint of a different model "
                        f"({described}); use a new --workdir{hint}")
 
-  def save(self, step: int, state: dict, data_iter: Any, identity: dict) -> None:
-    """Starts an (async) save; a failure of this one or of the previous one is a
-    CheckpointError after the partial directory is removed."""
+  def save(self, step: int, state: dict, data_iter: Any, identity: dict,
+           extra_meta: dict | None = None) -> None:
+    """Starts an (async) save once the previous one has finished; a failure of either is a
+    CheckpointError naming the step, after its partial directory is removed."""
+    self.wait()
     os.makedirs(self.directory, exist_ok=True)
     data_position = _Snapshot(data_iter.get_state())  # now: the iterator moves on at once
+    self._pending = step
     try:
       self.manager.save(step, args=ocp.args.Composite(
           params=ocp.args.StandardSave(state["params"]),
           opt_state=ocp.args.StandardSave({"step": state["step"],
                                            "opt_state": state["opt_state"]}),
           data=DataSave(data_position),
-          meta=ocp.args.JsonSave({"identity": identity, "step": int(step)})), force=True)
+          meta=ocp.args.JsonSave({"identity": identity, "step": int(step)}
+                                 | (extra_meta or {}))), force=True)
     except Exception as e:  # pylint: disable=broad-except
       self._failed(step, e)
 
   def wait(self) -> None:
+    if self._manager is None:
+      return
     try:
       self.manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      self._failed(None, e)
+      self._failed(self._pending, e)
 
   def _failed(self, step: int | None, e: BaseException) -> None:
     """Removes temporary save directories and raises one clear line."""
     for tmp in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
       shutil.rmtree(tmp, ignore_errors=True)
     which = f"checkpoint {step}" if step is not None else "a checkpoint"
-    raise CheckpointError(f"saving {which} in {self.directory} failed ({_short(e)}); the "
-                          f"partial save was removed; intact checkpoints: {self.steps()}") from e
+    why = next((m for m in ("No space left on device", "Permission denied",
+                            "Read-only file system") if m in _chain_text(e)), _short(e))
+    raise CheckpointError(f"saving {which} in {self.directory} failed: {why}; the partial save "
+                          f"was removed; intact checkpoints: {self.steps()}") from e
 
   def restore(self, step: int, abstract_state: dict, shardings: dict, data_iter: Any) -> dict:
     """Restores onto `shardings` (any mesh: Orbax reshards on read); `data_iter` is moved to
@@ -185,14 +233,21 @@ class Checkpointer:
         return self.restore(step, abstract_state, shardings, data_iter), step
       except DataStateError:
         raise
-      except (ValueError, OSError, KeyError, json.JSONDecodeError) as e:
-        dest = self._move_aside(step)
+      except Exception as e:  # pylint: disable=broad-except
+        if not _unreadable(e):
+          raise ValueError(f"checkpoint {step} in {self.directory} does not fit this run's "
+                           f"model and optimizer ({_short(e)[:200]}); resume with the settings "
+                           "it was written with (e.g. optimizer.name, optimizer.clip_norm) or "
+                           "use a new --workdir") from e
+        dest = self.move_aside(step, DAMAGED_DIR)
         print(f"warning: checkpoint {step} could not be restored ({_short(e)}); moved to "
               f"{dest}; trying the previous one", flush=True)
     return None
 
-  def _move_aside(self, step: int) -> str:
-    dest = os.path.join(self.directory, DAMAGED_DIR, f"{step}-{int(time.time())}")
+  def move_aside(self, step: int, subdir: str) -> str:
+    """Moves checkpoint `step` to `subdir/<step>-<time>` (resuming then skips it)."""
+    self.wait()
+    dest = os.path.join(self.directory, subdir, f"{step}-{int(time.time())}")
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(dest), exist_ok=True)
       os.replace(os.path.join(self.directory, str(step)), dest)

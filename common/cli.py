@@ -42,10 +42,19 @@ def exit_on_error(fn: Callable) -> Callable:
 
 
 def quiet_console() -> None:
-  """Console logging at WARNING unless --verbosity was given explicitly."""
+  """No library logging on the console unless --verbosity was given explicitly: the commands
+  print their own progress, warnings and one-line errors; libraries' records (Orbax's
+  tracebacks of a failed background save, TFDS notes) go to WORKDIR/log.txt."""
   verbose = "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present
-  absl_logging.get_absl_handler().setLevel(logging.DEBUG if verbose else logging.WARNING)
+  absl_logging.get_absl_handler().setLevel(logging.DEBUG if verbose else logging.CRITICAL)
   logging.getLogger().setLevel(logging.INFO)
+
+
+class _QuietFileHandler(logging.FileHandler):
+  """A log file that fails quietly (a full disk must not print logging's own tracebacks)."""
+
+  def handleError(self, record: logging.LogRecord) -> None:
+    del record
 
 
 @contextlib.contextmanager
@@ -53,7 +62,7 @@ def log_to_file(workdir: str) -> Iterator[str]:
   """Library logging (INFO and up) also goes to WORKDIR/log.txt while the context is open."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOG_FILE)
-  handler = logging.FileHandler(path)
+  handler = _QuietFileHandler(path)
   handler.setLevel(logging.INFO)
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
   root = logging.getLogger()
@@ -63,6 +72,22 @@ def log_to_file(workdir: str) -> Iterator[str]:
   finally:
     root.removeHandler(handler)
     handler.close()
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """TensorStore completes writes that outlive a failed Orbax save by scheduling a callback
+  on Orbax's event loop, already closed; Python reports each refusal as an unraisable
+  exception (a bare traceback). They are logged (log.txt), not printed: the save's own error
+  is the one line the user needs."""
+  default = sys.unraisablehook
+
+  def hook(unraisable) -> None:
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      logging.info("dropped after a failed save: RuntimeError: Event loop is closed")
+      return
+    default(unraisable)
+  sys.unraisablehook = hook
 
 
 def run(main: Callable[[list[str]], None], define_flags: Callable[[], None] | None = None,
@@ -77,6 +102,7 @@ def run(main: Callable[[list[str]], None], define_flags: Callable[[], None] | No
 
   def _main(argv: list[str]) -> None:
     quiet_console()
+    _drop_closed_loop_callbacks()
     exit_on_error(main)(argv)
 
   app.run(_main)

@@ -10,6 +10,7 @@ written after a bad step.
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from typing import Any, Callable, Iterator
@@ -36,7 +37,7 @@ class Run:
   writer: MetricsWriter
   start: int
   num_steps: int
-  last_checkpoint: int | None
+  last_checkpoint: int | None  # the last healthy one (what a divergence message names)
   history: list[dict] = dataclasses.field(default_factory=list)
   eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
   pending: list[tuple[int, dict]] = dataclasses.field(default_factory=list)
@@ -70,11 +71,28 @@ def _due(step: int, every: int, last: int) -> bool:
 class DivergenceGuard:
   """Stops at the first non-finite loss or gradient norm, or at a loss above `spike_factor`
   x the median of the last `window` steps (after `min_history` of them), before any further
-  checkpoint. The checkpoint it names was written before the bad step, so it resumes."""
+  checkpoint.
 
-  def __init__(self, spike_factor: float, window: int = 100, min_history: int = 10):
+  Divergence often creeps before it spikes, so the checkpoint it names is the last one written
+  while training was *healthy* (the median of the last `min_history` losses within
+  `healthy_factor` of the lowest such median so far), kept from rotation for that reason.
+  """
+
+  def __init__(self, spike_factor: float, window: int = 100, min_history: int = 10,
+               healthy_factor: float = 1.25, best_median: float | None = None):
+    """`best_median`: the lowest median of the run so far, kept in checkpoint meta so a
+    resumed run still knows what healthy looked like."""
     self.spike_factor, self.window, self.min_history = spike_factor, window, min_history
+    self.healthy_factor = healthy_factor
     self.losses: list[float] = []
+    self.best_median = float("inf") if best_median is None else best_median
+
+  def healthy(self) -> bool:
+    """Whether the latest steps look like training, not the start of a divergence."""
+    recent = self.losses[-self.min_history:]
+    if not recent or math.isinf(self.best_median):
+      return True
+    return statistics.median(recent) <= self.healthy_factor * self.best_median
 
   def check(self, step: int, m: dict[str, float], last_checkpoint: int | None) -> None:
     loss, gnorm = m["loss"], m["grad_norm"]
@@ -87,14 +105,18 @@ class DivergenceGuard:
              f"{statistics.median(self.losses[-self.window:]):.4g} of the last "
              f"{min(len(self.losses), self.window)} steps)")
     if why:
-      resume = (f"resume from checkpoint {last_checkpoint} (written before it)"
-                if last_checkpoint is not None else "no checkpoint was written")
+      resume = (f"resume from checkpoint {last_checkpoint} (the last one written while the "
+                "loss was healthy)" if last_checkpoint is not None else
+                "no checkpoint was written before it")
       raise Divergence(
           f"{why} at step {step} (loss={loss:.4g}, grad_norm={gnorm:.4g}, learning_rate="
           f"{m['learning_rate']:.3g}); stopped before writing another checkpoint: {resume}. "
           "Lower optimizer.learning_rate, raise optimizer.warmup_steps or set "
           "optimizer.clip_norm (train.spike_factor=0 turns the spike test off)")
     self.losses.append(loss)
+    if len(self.losses) >= self.min_history:
+      self.best_median = min(self.best_median,
+                             statistics.median(self.losses[-self.min_history:]))
 
 
 class ProgressHook(Hook):
@@ -137,8 +159,12 @@ class CheckpointHook(Hook):
   def after_step(self, run: Run, step: int) -> None:
     if _due(step, self.every, run.num_steps):
       run.flush()
-      self.ckpt.save(step, run.state, run.train_iter, self.identity)
-      run.last_checkpoint = step
+      health = {} if run.guard is None else {"best_loss_median": run.guard.best_median}
+      self.ckpt.save(step, run.state, run.train_iter, self.identity,
+                     {k: v for k, v in health.items() if math.isfinite(v)})
+      if run.guard is None or run.guard.healthy():
+        run.last_checkpoint = step
+        self.ckpt.keep.protected = {step}
 
 
 class EvalHook(Hook):

@@ -20,8 +20,9 @@ from ml_collections import ConfigDict
 
 from common import cli
 from common import config as config_lib
-from common.checkpoint import Checkpointer
-from common.hooks import CheckpointHook, DivergenceGuard, EvalHook, ProgressHook, Run
+from common.checkpoint import DIVERGED_DIR, Checkpointer, read_meta
+from common.hooks import (CheckpointHook, Divergence, DivergenceGuard, EvalHook, ProgressHook,
+                          Run)
 from common.metrics import MetricsWriter, peak_flops
 from common.partitioning import Partitioner
 from common.steps import make_train_step
@@ -130,8 +131,10 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
     writer = MetricsWriter(workdir, resume_step=start)
     if start_metrics and resumed is None:
       writer.write(start, start_metrics)
+    best = (read_meta(os.path.join(ckpt.directory, str(resumed))).get("best_loss_median")
+            if resumed is not None else None)
     run = Run(setup, state, train_iter, writer, start, t.num_steps, resumed,
-              guard=DivergenceGuard(t.spike_factor))
+              guard=DivergenceGuard(t.spike_factor, best_median=best))
     peak = peak_flops(cfg.model.get("dtype", "float32"), t.peak_flops_per_device)
     hooks = [ProgressHook(t.log_every, model.flops_per_token(), peak, model.unit),
              CheckpointHook(ckpt, t.checkpoint_every, identity)]
@@ -148,8 +151,17 @@ def train(model: Model, cfg: ConfigDict, workdir: str, *,
     for hook in hooks:
       hook.end(run)
     ckpt.wait()
+  except Divergence as e:
+    late = [s for s in ckpt.steps() if run is not None and s > (run.last_checkpoint or 0)]
+    for step in late:
+      ckpt.move_aside(step, DIVERGED_DIR)
+    if late:
+      raise Divergence(f"{e}; checkpoints {late}, written while the loss rose, were moved to "
+                       f"{os.path.join(ckpt.directory, DIVERGED_DIR)}, so a rerun resumes from "
+                       f"{run.last_checkpoint}") from None
+    raise
   except BaseException:
-    if resumed is None and (run is None or run.last_checkpoint is None):
+    if resumed is None and not ckpt.steps():  # nothing saved yet: leave the work dir as found
       ckpt.close()
       if writer is not None:
         writer.close()
