@@ -6,7 +6,7 @@ config.data; reports validation MLM loss and accuracy.
 task=classify / regress: loads the encoder of `finetune.init_from` (a pretraining work dir;
 empty = random init), adds a fresh head and fine-tunes it on `classify.dataset` for
 `classify.epochs` epochs with the `finetune` section's learning rate and warmup; reports
-accuracy (and F1 for two classes) on validation every epoch and on test at the end, next to
+accuracy (and, for two classes, F1 of the second label, named) on validation every epoch and on test at the end, next to
 the majority-class baseline. Results also go to DIR/results.json.
 """
 
@@ -26,6 +26,7 @@ from bert_flax.model import TASKS, BertClassifierModel, BertPretrainModel
 from common import config as config_lib
 from common import entry, steps, train_state, trainer
 from common.data import classification as cls_data
+from common.data.sources import parse_split, split_range
 from common.rundir import RunDir
 
 
@@ -98,6 +99,33 @@ def finetune_config(cfg: ConfigDict, n_train: int, n_eval: int) -> ConfigDict:
   return config_lib.resolve_finetune(out)
 
 
+def _check_data_section(cfg: ConfigDict) -> None:
+  """Fine-tuning reads its examples from the `classify` section only; a `data.dataset` set
+  for it would otherwise be ignored without a word."""
+  pretraining = config_lib.base_config().data.dataset
+  if cfg.data.dataset not in (pretraining, cfg.classify.dataset):
+    raise ValueError(f"task={cfg.task} reads its examples from classify.dataset "
+                     f"({cfg.classify.dataset!r}), not data.dataset ({cfg.data.dataset!r}, "
+                     f"for pretraining): pass --config.classify.dataset={cfg.data.dataset} "
+                     "(and classify.text_field / label_field / *_split)")
+
+
+def _check_disjoint(splits: dict[str, str]) -> None:
+  """Evaluation examples must not be training examples: splits carved from one split
+  (`train[:90%]`, `train[90%:]`) must not overlap. Positions are compared as in a large split
+  (percentages and counts at the ends cannot then collide by rounding)."""
+  n = 10**9
+  named = [(role, split, *parse_split(split)[:1], split_range(split, n))
+           for role, split in splits.items() if split]
+  for i, (role_a, split_a, name_a, (lo_a, hi_a)) in enumerate(named):
+    for role_b, split_b, name_b, (lo_b, hi_b) in named[i + 1:]:
+      if name_a == name_b and lo_a < hi_b and lo_b < hi_a:
+        raise ValueError(
+            f"classify {role_a} split {split_a!r} and {role_b} split {split_b!r} share "
+            f"examples; carve disjoint ones, e.g. --config.classify.train_split='{name_a}[:90%]' "
+            f"--config.classify.eval_split='{name_a}[90%:]'")
+
+
 def _summary(m: dict[str, float], num_labels: int) -> dict[str, float]:
   if num_labels == 1:
     return {"mse": m["loss"], "mae": m["abs_error"]}
@@ -108,8 +136,10 @@ def _summary(m: dict[str, float], num_labels: int) -> dict[str, float]:
   return out
 
 
-def _fmt(m: dict[str, float]) -> str:
-  return ", ".join(f"{k} {v:.4f}" for k, v in m.items())
+def _fmt(m: dict[str, float], positive: str | None = None) -> str:
+  """Metrics on one line; F1 names the class it treats as positive (label index 1)."""
+  return ", ".join(f"{k} ({positive!r} positive) {v:.4f}" if k == "f1" and positive else
+                   f"{k} {v:.4f}" for k, v in m.items())
 
 
 def finetune(cfg: ConfigDict, workdir: str) -> trainer.TrainResult:
@@ -117,8 +147,10 @@ def finetune(cfg: ConfigDict, workdir: str) -> trainer.TrainResult:
   c = cfg.classify
   regression = cfg.task == "regress"
   _check_seq_len(c.seq_len, cfg, "classify.seq_len")
+  _check_data_section(cfg)
   fields = cls_data.Fields(text=c.text_field, label=c.label_field, text_pair=c.text_pair_field)
   splits = {"train": c.train_split, "validation": c.eval_split, "test": c.test_split}
+  _check_disjoint(splits)
   sources: dict[str, Any] = {}
   columns: dict[str, list] = {}
   for role, split in splits.items():
@@ -137,6 +169,7 @@ def finetune(cfg: ConfigDict, workdir: str) -> trainer.TrainResult:
   for role, values in columns.items():
     cls_data.check_labels(values, labels, f"{c.dataset} split {splits[role]!r}")
   num_labels = 1 if regression else len(labels)
+  positive = labels.names[1] if num_labels == 2 else None
 
   vocab = entry.run_vocab(cfg)
   ft = finetune_config(cfg, len(sources["train"]), len(sources["validation"]))
@@ -160,10 +193,10 @@ def finetune(cfg: ConfigDict, workdir: str) -> trainer.TrainResult:
   def extra_eval(step: int, state: dict, setup: train_state.Setup) -> dict[str, float]:
     out = evaluate("validation", state, setup)
     epoch = step / ft.train.eval_every
-    print(f"epoch {epoch:g} | validation ({c.eval_split}): {_fmt(out)}", flush=True)
+    print(f"epoch {epoch:g} | validation ({c.eval_split}): {_fmt(out, positive)}", flush=True)
     if step >= ft.train.num_steps and "test" in sources:
       test = evaluate("test", state, setup)
-      print(f"test ({c.test_split}): {_fmt(test)}", flush=True)
+      print(f"test ({c.test_split}): {_fmt(test, positive)}", flush=True)
       out |= {f"test_{k}": v for k, v in test.items()}
     return out
 
@@ -190,6 +223,8 @@ def _report(result: trainer.TrainResult, cfg: ConfigDict, workdir: str,
       "examples": {role: len(src) for role, src in sources.items()},
       "validation": {k: v for k, v in ev.items() if k in ("loss", "accuracy", "f1", "mse", "mae")},
       "test": {k[5:]: v for k, v in ev.items() if k.startswith("test_")}}
+  if labels is not None and len(labels.names) == 2:
+    report["f1_positive_label"] = labels.names[1]
   if labels is not None:
     majority = collections.Counter(cls_data.label_key(v) for v in columns["train"]).most_common(1)
     report["majority_label"] = majority[0][0]

@@ -21,7 +21,7 @@ import numpy as np
 
 from common.data.lanes import Identity, LaneIterator, OnePerRow, owned_lanes
 from common.data.records import get_text, Source
-from common.data.sources import SPLIT_PLACEHOLDER, open_source
+from common.data.sources import SPLIT_PLACEHOLDER, open_source, slice_split
 from common.vocab import Vocabulary
 
 FEATURES = ("tokens", "type_ids", "positions", "segment_ids", "labels", "weights")
@@ -63,7 +63,7 @@ def _open_csv(pattern: str, split: str) -> CsvSource:
 def open_examples(spec: str, split: str, data_dir: str) -> Source:
   """Source of labelled examples for a split; an empty split is an error."""
   if spec.startswith("csv:"):
-    source: Source = _open_csv(spec[len("csv:"):], split)
+    source: Source = slice_split(lambda name: _open_csv(spec[len("csv:"):], name), split)
   else:
     source = open_source(spec, split, data_dir)
   if len(source) == 0:

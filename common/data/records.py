@@ -92,6 +92,25 @@ class LineSource:
     return [self[i] for i in indices]
 
 
+class SliceSource:
+  """Examples [start, stop) of another source: a split carved from one the dataset has
+  (`train[:90%]`), for sources that do not slice themselves (files; TFDS does its own)."""
+
+  def __init__(self, source: Source, start: int, stop: int):
+    self._source, self._start, self._len = source, start, max(0, stop - start)
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    if not 0 <= index < self._len:
+      raise IndexError(index)
+    return self._source[self._start + index]
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    return self._source.__getitems__([self._start + i for i in indices])
+
+
 def get_text(example: dict[str, Any], field: str, *, role: str = "text",
              flag: str = "--config.data.text_field") -> str:
   """example[field] as str, or a clear error naming the field, the ones present and the flag

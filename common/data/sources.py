@@ -9,6 +9,10 @@ Specs:
 
 For jsonl/text, a literal `{split}` in the path selects files per split (`data/{split}.jsonl`);
 without it every split reads the same files, so split hygiene is then the caller's job.
+
+Every spec takes TFDS's slice syntax on a split to carve one from another, by position:
+`train[:90%]` and `train[90%:]` (a validation set for data that has none), `train[:1000]`,
+`validation[-10%:]`. Percentages round to the nearest example, as TFDS's default does.
 File sources are read into memory once (fine for the small corpora they are meant for) and
 every line is checked then (`skip_bad_records` drops and counts bad ones instead).
 """
@@ -17,11 +21,49 @@ from __future__ import annotations
 import glob
 import os
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
-from common.data.records import DecodedSource, LineSource, Source
+from common.data.records import DecodedSource, LineSource, SliceSource, Source
 
 SPLIT_PLACEHOLDER = "{split}"
+_SLICE = re.compile(r"^([^\[\]]+)\[(-?\d+%?)?:(-?\d+%?)?\]$")
+
+
+def parse_split(split: str) -> tuple[str, str | None, str | None]:
+  """'train[:90%]' -> ('train', None, '90%'); 'train' -> ('train', None, None)."""
+  if "[" not in split:
+    return split, None, None
+  m = _SLICE.match(split)
+  if not m or (m.group(2) is None and m.group(3) is None):
+    raise ValueError(f"split {split!r}: expected NAME or NAME[START:STOP] with START/STOP "
+                     "integers or percentages, e.g. train[:90%] or train[90%:]")
+  return m.group(1), m.group(2), m.group(3)
+
+
+def _bound(value: str | None, n: int, default: int) -> int:
+  if value is None:
+    return default
+  k = round(int(value[:-1]) * n / 100) if value.endswith("%") else int(value)
+  return min(max(k + n if k < 0 else k, 0), n)
+
+
+def split_range(split: str, n: int) -> tuple[int, int]:
+  """The [start, stop) positions a split's slice covers in a split of n examples."""
+  _, start, stop = parse_split(split)
+  return _bound(start, n, 0), _bound(stop, n, n)
+
+
+def slice_split(open_whole: Callable[[str], Source], split: str) -> Source:
+  """`split` of a source family that cannot slice itself: open the named split whole, then
+  keep the slice's examples; an empty slice is an error."""
+  name, start, stop = parse_split(split)
+  whole = open_whole(name)
+  if start is None and stop is None:
+    return whole
+  lo, hi = split_range(split, len(whole))
+  if hi <= lo:
+    raise ValueError(f"split {split!r} selects no examples of the {len(whole)} in {name!r}")
+  return SliceSource(whole, lo, hi)
 
 
 def _check_split(split: str, valid: Sequence[str], what: str) -> None:
@@ -107,10 +149,11 @@ def open_source(dataset: str, split: str, data_dir: str, *, skip_bad_records: bo
         f"python -m common.data.prepare --dataset=debian --data_dir={data_dir}")
     _check_split(split, list(builder.info.splits), "debian")
     return DecodedSource(builder.as_data_source(split), f"debian:{split}")
+  parse_split(split)  # a malformed slice is an error before anything is read
   if dataset == "sentiment":
     from common.data import sentiment  # pylint: disable=g-import-not-at-top
 
-    return sentiment.open_sentiment(split, data_dir)
+    return slice_split(lambda name: sentiment.open_sentiment(name, data_dir), split)
   if dataset.startswith("tfds:"):
     name = dataset[len("tfds:"):]
     hint = (f"prepare it in ArrayRecord format: tfds.builder({name!r}, data_dir={data_dir!r}, "
@@ -118,7 +161,7 @@ def open_source(dataset: str, split: str, data_dir: str, *, skip_bad_records: bo
     return _open_tfds(name, split, data_dir, dataset, hint)
   for kind in ("jsonl", "text"):
     if dataset.startswith(kind + ":"):
-      return _open_files(kind, os.path.expanduser(dataset[len(kind) + 1:]), split,
-                         skip_bad_records)
+      pattern = os.path.expanduser(dataset[len(kind) + 1:])
+      return slice_split(lambda name: _open_files(kind, pattern, name, skip_bad_records), split)
   raise ValueError(f"unknown dataset spec {dataset!r}; valid forms: debian, sentiment, "
           "tfds:NAME[/CONFIG], jsonl:PATH_OR_GLOB, text:PATH_OR_GLOB")

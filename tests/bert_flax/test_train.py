@@ -77,6 +77,7 @@ def test_pretrain_then_finetune(data, pretrained, tmp_path, capsys):
   # The encoder comes from the checkpoint; the pooler (no NSP) and classifier are new.
   assert "new parameters: classifier/bias, classifier/kernel, pooler/bias, pooler/kernel" in out
   assert "epoch 1 | validation (validation): loss" in out and "test (test): loss" in out
+  assert "f1 ('pos' positive) " in out  # the class F1 is of, by name
   assert " ex/s | " in out and " tok/s | " not in out  # a classifier's weights count examples
   assert ft.start_step == 0 and [h["step"] for h in ft.history] == list(range(1, 17))
   assert ft.state["params"]["classifier"]["kernel"].shape == (64, 2)
@@ -97,18 +98,21 @@ def test_pretrain_then_finetune(data, pretrained, tmp_path, capsys):
     moved, from_fresh = (np.linalg.norm(tuned[k] - x) for x in (loaded[k], fresh[k]))
     assert 0 < moved < 0.25 * from_fresh, (k, moved, from_fresh)
   results = json.load(open(tmp_path / "results.json"))
-  assert set(results["test"]) == {"loss", "accuracy", "f1"}
+  assert set(results["test"]) == {"loss", "accuracy", "f1"} and results["f1_positive_label"] == "pos"
   assert results["majority_label"] in ("pos", "neg") and "test" in results["majority_baseline"]
   assert json.load(open(tmp_path / "labels.json"))["labels"] == ["neg", "pos"]
 
 
-def test_regression_head_reports_mse_and_mae(data, pretrained, tmp_path):
+def test_regression_head_on_a_validation_split_carved_from_train(data, pretrained, tmp_path):
   workdir, _ = pretrained
-  cfg = _finetune_cfg(data, workdir, label_field="score")
+  cfg = _finetune_cfg(data, workdir, label_field="score", train_split="train[:75%]",
+                      eval_split="train[75%:]")
   cfg.task = "regress"
   ft = train.run(cfg, str(tmp_path))
   assert ft.state["params"]["classifier"]["kernel"].shape == (64, 1)
   results = json.load(open(tmp_path / "results.json"))
+  assert results["examples"] == {"train": 48, "validation": 16, "test": 20}  # 64 = 48 + 16
+  assert len(ft.history) == 2 * 48 // 8  # epochs x the carved split's batches
   assert {"mse", "mae"} <= set(results["validation"]) and {"mse", "mae"} <= set(results["test"])
   assert all(np.isfinite(v) and v >= 0 for v in results["test"].values())
   assert "majority_baseline" not in results  # no classes in a regression
@@ -129,6 +133,13 @@ def test_bad_inputs_are_clear_errors(data, pretrained, tmp_path):
       (dict(dataset=f"jsonl:{root}/empty_{{split}}.jsonl"), {}, ValueError, "no non-empty lines"),
       (dict(dataset=f"csv:{root}/{{split}}.csv"), {}, ValueError, "has no examples"),
       (dict(seq_len=999), {}, ValueError, "classify.seq_len=999 exceeds model.max_len"),
+      (dict(), {"data.dataset": f"jsonl:{root}/{{split}}.jsonl"}, ValueError,
+       r"task=classify reads its examples from classify.dataset .* pass "
+       r"--config.classify.dataset=jsonl:"),
+      (dict(eval_split="train[80%:]"), {}, ValueError,
+       r"classify train split 'train' and validation split 'train\[80%:\]' share examples"),
+      (dict(train_split="train[:60%]", eval_split="train[50%:]"), {}, ValueError,
+       "share examples"),
   ]
   for split in ("train", "validation"):
     (root / f"empty_{split}.jsonl").write_text("\n")

@@ -26,6 +26,23 @@ def test_jsonl_split_placeholder(tmp_path):
         sources.open_source(spec, "test", "/unused")
 
 
+def test_a_split_carved_from_another_by_position(tmp_path):
+    _write_jsonl(tmp_path / "train.jsonl", [{"text": f"doc {i}"} for i in range(10)])
+    spec = f"jsonl:{tmp_path}/{{split}}.jsonl"
+    texts = lambda split: [x["text"] for x in sources.open_source(spec, split, "/unused")]
+    head, tail = texts("train[:90%]"), texts("train[90%:]")
+    assert head == [f"doc {i}" for i in range(9)] and tail == ["doc 9"]
+    assert texts("train[-3:]") == ["doc 7", "doc 8", "doc 9"] and texts("train[2:4]") == [
+        "doc 2", "doc 3"]
+    assert sources.split_range("train[:90%]", 10) == (0, 9)
+    with pytest.raises(ValueError, match=r"split 'train\[5\]': expected NAME or NAME\[START:STOP\]"):
+        sources.open_source(spec, "train[5]", "/unused")
+    with pytest.raises(ValueError, match=r"'train\[:0\]' selects no examples of the 10"):
+        sources.open_source(spec, "train[:0]", "/unused")
+    with pytest.raises(ValueError, match=r"unknown split 'dev'.*\['train'\]"):
+        sources.open_source(spec, "dev[:50%]", "/unused")
+
+
 def test_jsonl_glob_without_placeholder_is_same_for_every_split(tmp_path):
     _write_jsonl(tmp_path / "part-1.jsonl", [{"text": "b"}])
     _write_jsonl(tmp_path / "part-0.jsonl", [{"text": "a"}])
