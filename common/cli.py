@@ -105,4 +105,14 @@ def run(main: Callable[[list[str]], None], define_flags: Callable[[], None] | No
     _drop_closed_loop_callbacks()
     exit_on_error(main)(argv)
 
-  app.run(_main)
+  app.run(_main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a bad flag (unknown, malformed value) as one `error:` line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {' '.join(str(e).split())} (--helpfull lists the flags)", file=sys.stderr,
+          flush=True)
+    sys.exit(2)

@@ -14,6 +14,8 @@ from typing import Sequence
 
 from ml_collections import ConfigDict
 
+from common.data.sources import parse_split
+
 DEFAULT_DATA_DIR = os.environ.get("FLAX_PRETRAIN_DATA", os.path.expanduser("~/.cache/flax_pretrain"))
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -199,3 +201,10 @@ def validate(cfg: ConfigDict) -> None:
   for key, value in model.items():
     if "dropout" in key and isinstance(value, float) and not 0 <= value < 1:
       raise ValueError(f"model.{key}={value} must be in [0, 1)")
+  for name, section in cfg.items():
+    for key, value in (section.items() if isinstance(section, ConfigDict) else ()):
+      if key.endswith("_split") and value:
+        try:
+          parse_split(value)
+        except ValueError as e:
+          raise ValueError(f"{name}.{key}: {e}") from None

@@ -116,7 +116,10 @@ def run_vocab(cfg: ConfigDict, extra_ids: int = 0) -> Vocabulary:
   else the dataset's own (`default_tokenizer`), never another dataset's. It must fit the
   model's embedding table."""
   if cfg.finetune.init_from:
-    vocab = RunDir.find(cfg.finetune.init_from).vocab()
+    try:
+      vocab = RunDir.find(cfg.finetune.init_from).vocab()
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"finetune.init_from: {e}") from None
     if cfg.data.tokenizer:
       given = load_vocab(cfg.data.tokenizer)
       if _sha256(given.path) != _sha256(vocab.path):

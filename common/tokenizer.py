@@ -84,20 +84,22 @@ def token_stats(vocab: SentencePieceVocab, texts: list[str]) -> dict[str, float]
 def train_from_dataset(dataset: str, data_dir: str, output: str, *, vocab_size: int = 8000,
                        text_field: str = "text", split: str = "train", max_docs: int = 200_000,
                        model_type: str = "unigram", seed: int = 0, num_threads: int = 2,
-                       fit_corpus: bool = False) -> str:
+                       fit_corpus: bool = False,
+                       text_flag: str = "--config.data.text_field") -> str:
     """Train on (a seeded sample of) a dataset split; records provenance and token stats.
 
     `fit_corpus`: a corpus too small for `vocab_size` pieces gets the most it supports (what
     SentencePiece names) instead of an error.
     """
-    from common.data.sources import get_text, open_source  # pylint: disable=g-import-not-at-top
+    from common.data.records import get_text  # pylint: disable=g-import-not-at-top
+    from common.data.sources import open_source  # pylint: disable=g-import-not-at-top
 
     source = open_source(dataset, split, data_dir)
     n = len(source)
     # A seeded subset (kept in source order) bounds training time on big corpora.
     indices = (range(n) if n <= max_docs else
                np.sort(np.random.default_rng(seed).choice(n, max_docs, replace=False)))
-    texts = [get_text(ex, text_field) for start in range(0, len(indices), 4096)
+    texts = [get_text(ex, text_field, flag=text_flag) for start in range(0, len(indices), 4096)
              for ex in source.__getitems__([int(i) for i in indices[start:start + 4096]])]
     if not texts:
         raise ValueError(f"{dataset}:{split} has no documents to train a tokenizer on")
@@ -139,7 +141,8 @@ def main(argv: list[str]) -> None:
         raise ValueError(f"--output={f.output!r} must end with .model")
     train_from_dataset(f.dataset, f.data_dir, f.output, vocab_size=f.vocab_size,
                        text_field=f.text_field, split=f.split, max_docs=f.max_docs,
-                       model_type=f.model_type, seed=f.seed, num_threads=f.num_threads)
+                       model_type=f.model_type, seed=f.seed, num_threads=f.num_threads,
+                       text_flag="--text_field")
 
 
 def define_flags() -> None:
