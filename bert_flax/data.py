@@ -15,7 +15,8 @@ import numpy as np
 
 from bert_flax.masking import MaskingConfig, mask_sequence, sentence_end_table, word_start_table
 from common.data.classification import format_pair
-from common.data.lanes import FirstFit, Identity, LaneIterator, owned_lanes
+from common.data.lanes import Identity, LaneIterator, owned_lanes
+from common.data.rows import FirstFit
 from common.data.records import get_text, Source
 from common.vocab import Vocabulary
 

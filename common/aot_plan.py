@@ -20,7 +20,7 @@ from common import config as config_lib
 from common.aot_compile import (Compiled, Prepared, analytic_flops, bound, compile_step,
                                 family_of, prepare, step_flops)
 from common.aot_targets import GIB, REMAT_LADDER, Target, gib, resolve
-from common.partitioning import MeshShape
+from common.mesh import MeshShape
 from common.sharding import RULE_PRESETS
 
 # Relative step cost of each remat policy (recomputed forward work), and per accumulation

@@ -29,7 +29,8 @@ from ml_collections import ConfigDict
 
 from common import cli
 from common import config as config_lib
-from common.checkpoint import Checkpointer, load_params, resolve_checkpoint
+from common.checkpoint import Checkpointer
+from common.checkpoint_reader import load_params, resolve_checkpoint
 from bert_flax import hf as bert_hf
 from common.hf_files import Family, Tensors, preset_config, read_hf_config, read_hf_weights
 from common.param_layout import abstract_network, from_params, to_params, trim_vocab

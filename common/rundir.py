@@ -20,7 +20,7 @@ import jax
 from ml_collections import ConfigDict
 
 from common import config as config_lib
-from common.checkpoint import load_params, read_meta, resolve_checkpoint
+from common.checkpoint_reader import load_params, read_meta, resolve_checkpoint
 from common.partitioning import Partitioner
 from common.train_state import Model, Setup, make_setup
 from common.vocab import Vocabulary, load_vocab

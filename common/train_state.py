@@ -23,7 +23,8 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from common import sharding
-from common.checkpoint import Checkpointer, identity_diff, load_params, read_meta
+from common.checkpoint import Checkpointer, identity_diff
+from common.checkpoint_reader import load_params, read_meta
 from common.optim import make_optimizer
 from common.partitioning import Partitioner, choose_fsdp_split
 

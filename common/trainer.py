@@ -20,7 +20,8 @@ from ml_collections import ConfigDict
 
 from common import cli
 from common import config as config_lib
-from common.checkpoint import DIVERGED_DIR, Checkpointer, read_meta
+from common.checkpoint import DIVERGED_DIR, Checkpointer
+from common.checkpoint_reader import read_meta
 from common.hooks import (CheckpointHook, Divergence, DivergenceGuard, EvalHook, ProgressHook,
                           Run)
 from common.metrics import MetricsWriter, peak_flops

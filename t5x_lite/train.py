@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from common import config as config_lib
 from common import entry, train_state, trainer
-from common.checkpoint import read_meta
+from common.checkpoint_reader import read_meta
 from common.rundir import RunDir
 from t5x_lite import tasks
 from t5x_lite.decode import predict_ids

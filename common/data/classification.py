@@ -19,7 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from common.data.lanes import Identity, LaneIterator, OnePerRow, owned_lanes
+from common.data.lanes import Identity, LaneIterator, owned_lanes
+from common.data.rows import OnePerRow
 from common.data.records import get_text, Source
 from common.data.sources import SPLIT_PLACEHOLDER, open_source, slice_split
 from common.vocab import Vocabulary

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from common.data.lanes import ConcatSplit, Identity, LaneIterator, owned_lanes
+from common.data.lanes import Identity, LaneIterator, owned_lanes
+from common.data.rows import ConcatSplit
 from common.data.records import get_text, Source
 from common.vocab import Vocabulary
 

@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from common.data.lanes import FirstFit, Identity, LaneIterator, OnePerRow, owned_lanes
+from common.data.lanes import Identity, LaneIterator, owned_lanes
+from common.data.rows import FirstFit, OnePerRow
 from common.data.records import Source, get_text
 from common.vocab import Vocabulary
 

@@ -13,7 +13,7 @@ import pytest
 
 from bert_flax import train
 from common import train_state
-from common.checkpoint import load_params
+from common.checkpoint_reader import load_params
 from common.tokenizer import train_sentencepiece
 from configs.bert import get_config
 from tests import fakes

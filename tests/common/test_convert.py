@@ -14,7 +14,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from common import convert, train_state
-from common.checkpoint import load_params
+from common.checkpoint_reader import load_params
 from common.vocab.hf import TokenizersVocab
 from common.vocab import load_vocab
 from common.partitioning import Partitioner

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from common.data import lanes
+from common.data import lanes, rows
 from common.data_state import DataStateError, merge_states
 
 
@@ -41,9 +41,9 @@ def _iterator(builder, *, batch=4, lanes_=None, epochs=None, seed=0, shuffle=Tru
                             stop_when_exhausted=stop)
 
 
-BUILDERS = {"concat": lambda: lanes.ConcatSplit(6, ("tokens",)),
-            "first_fit": lambda: lanes.FirstFit({"tokens": 10}, bins=3),
-            "one_per_row": lambda: lanes.OnePerRow({"tokens": 9})}
+BUILDERS = {"concat": lambda: rows.ConcatSplit(6, ("tokens",)),
+            "first_fit": lambda: rows.FirstFit({"tokens": 10}, bins=3),
+            "one_per_row": lambda: rows.OnePerRow({"tokens": 9})}
 
 
 @pytest.mark.parametrize("kind", sorted(BUILDERS))
