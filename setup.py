@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "chex>=0.1.92,<0.2",
     "tensorflow-datasets>=4.9.10,<4.10",
     "grain>=0.2.18,<0.3",
+    "cloudpickle>=3.0,<4",          # input worker processes (data.num_workers)
     "array-record>=0.8,<0.9",
     "sentencepiece>=0.2.1,<0.3",
     "absl-py>=2.1,<3",

@@ -26,6 +26,7 @@ from bert_flax.model import TASKS, BertClassifierModel, BertPretrainModel
 from common import config as config_lib
 from common import entry, steps, train_state, trainer
 from common.data import classification as cls_data
+from common.data import workers
 from common.data.sources import parse_split, split_range
 from common.rundir import RunDir
 
@@ -57,12 +58,12 @@ def pretrain(cfg: ConfigDict, workdir: str, *, prepare: bool = False) -> trainer
 
   def make_iter(split: str, *, train: bool):
     source = train_source if split == d.train_split else entry.open_data(cfg, split)
-    return pretrain_dataset(source, vocab,
-                            text_field=d.text_field, seq_len=d.seq_len,
-                            batch_size=cfg.train.batch_size, seed=cfg.seed, masking=masking,
-                            nsp=p.nsp, shuffle=train and d.shuffle,
-                            num_epochs=None if train else 1, num_packing_bins=p.packing_bins,
-                            dataset_name=f"{d.dataset}:{split}")
+    make = lambda lanes: pretrain_dataset(
+        source, vocab, text_field=d.text_field, seq_len=d.seq_len,
+        batch_size=cfg.train.batch_size, seed=cfg.seed, masking=masking, nsp=p.nsp,
+        shuffle=train and d.shuffle, num_epochs=None if train else 1,
+        num_packing_bins=p.packing_bins, dataset_name=f"{d.dataset}:{split}", lanes=lanes)
+    return workers.parallel(make, cfg.train.batch_size, d.num_workers if train else 0)
 
   result = trainer.train(
       BertPretrainModel(cfg), cfg, workdir,

@@ -33,7 +33,10 @@ def base_config() -> ConfigDict:
       restart=False,
       # File datasets (jsonl:, text:): drop lines that are not UTF-8 / not a JSON object
       # (counted in metrics.jsonl as data/skipped_records) instead of stopping with file:line.
-      skip_bad_records=False))
+      skip_bad_records=False,
+      # Worker processes that build the training rows (0: the training process itself);
+      # each builds a block of the batch's rows, the batches stay identical (data/workers.py).
+      num_workers=0))
   c.train = ConfigDict(dict(
       batch_size=8, num_steps=1000, grad_accum_steps=1, log_every=10, eval_every=500,
       eval_batches=8, checkpoint_every=500, keep_checkpoints=3, async_checkpoint=True,
@@ -173,6 +176,7 @@ _RANGES = (
     ("finetune.learning_rate", lambda v: v > 0, "> 0"),
     ("finetune.warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("data.seq_len", lambda v: v >= 1, ">= 1"),
+    ("data.num_workers", lambda v: v >= 0, ">= 0 (0: rows built in the training process)"),
     ("loss.z_loss", lambda v: v >= 0, ">= 0"),
     ("loss.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
 )

@@ -15,318 +15,38 @@ Multiple choice scores each candidate completion by its log-likelihood given the
 (optionally per token or per character) and picks the best; generation decodes greedily,
 cuts the text where the next example would start, and scores exact match or ROUGE. The k-shot
 prompt of a query is its (k+1)-shot prompt minus the last demonstration; demonstrations that
-do not fit the context window are dropped (the mean number used is reported).
+do not fit the context window are dropped (the mean number used is reported). Tasks and
+prompts live in gpt_flax/icl_tasks.py, scoring and baselines in gpt_flax/icl_scoring.py.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import json
-import math
-import re
 import sys
 from typing import Any, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
-from flax import nnx
 
-from common import config as config_lib
 from common import cli
-from common.data.records import get_text, Source
+from common import config as config_lib
 from common.data.sources import open_source
-from common.rouge import rouge
 from common.rundir import LoadedRun
-from common.vocab import Vocabulary
 from gpt_flax import generate as gen
+from gpt_flax.icl_scoring import (LENGTH_NORMS, baselines, choose, continuation_logprobs,
+                                  generation_scores, normalize_answer, primary)
+from gpt_flax.icl_tasks import (KINDS, METRICS, TASKS, Prompt, Task, build_prompt, cut_at_stop,
+                                demonstration, fit_prompt, get_task, sample_demos,
+                                stop_strings, truncate_tokens)
 
-KINDS = ("choice", "generate")
-METRICS = {"choice": ("accuracy",), "generate": ("exact_match", "rouge")}
-LENGTH_NORMS = ("none", "token", "char")
-SEQ_BUCKET = 32
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """A labelled dataset and its prompt format. `template` holds `{input}`; a demonstration is
-  template + answer_template (`{answer}`). For `choice`, the target is a candidate's index
-  (an int label) or its text."""
-  name: str
-  dataset: str
-  kind: str
-  template: str
-  input_field: str = "text"
-  target_field: str = "label"
-  train_split: str = "train"
-  eval_split: str = "validation"
-  instruction: str = ""
-  answer_template: str = " {answer}"
-  separator: str = "\n\n"
-  candidates: tuple[str, ...] = ()
-  metric: str = "accuracy"
-  max_input_tokens: int = 0  # each example's input is cut to this many tokens (0: whole)
-  max_new_tokens: int = 32
-
-  def check(self) -> None:
-    if self.kind not in KINDS:
-      raise ValueError(f"task {self.name}: unknown kind {self.kind!r}; valid: {', '.join(KINDS)}")
-    if self.metric not in METRICS[self.kind]:
-      raise ValueError(f"task {self.name}: metric {self.metric!r} does not fit kind "
-                       f"{self.kind!r}; valid: {', '.join(METRICS[self.kind])}")
-    if "{input}" not in self.template:
-      raise ValueError(f"task {self.name}: template {self.template!r} has no {{input}}")
-    if "{answer}" not in self.answer_template:
-      raise ValueError(f"task {self.name}: answer template {self.answer_template!r} has no "
-                       "{answer}")
-    if self.kind == "choice" and not self.candidates:
-      raise ValueError(f"task {self.name} is multiple choice but its candidate list is empty; "
-                       "pass --candidates=A,B,...")
-    if self.kind == "choice" and any(not c.strip() for c in self.candidates):
-      raise ValueError(f"task {self.name}: empty candidate in {list(self.candidates)}")
-
-  def input_of(self, example: dict) -> str:
-    return get_text(example, self.input_field)
-
-  def answer_of(self, example: dict) -> str:
-    """The target as text: a candidate for an int label, else the field's text."""
-    if self.target_field not in example:
-      raise ValueError(f"task {self.name}: example has no field {self.target_field!r}; fields "
-                       f"present: {sorted(example)}")
-    target = example[self.target_field]
-    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-      if not 0 <= target < len(self.candidates):
-        raise ValueError(f"task {self.name}: label {target} has no candidate (candidates: "
-                         f"{list(self.candidates)})")
-      return self.candidates[target]
-    return get_text(example, self.target_field).strip()
-
-
-TASKS = {
-    "sentiment": Task(
-        name="sentiment", dataset="sentiment", kind="choice",
-        instruction="Is each movie review positive or negative?",
-        template="Review: {input}\nSentiment:", candidates=("negative", "positive")),
-    "debian_synopsis": Task(
-        name="debian_synopsis", dataset="debian", kind="generate", target_field="synopsis",
-        instruction="Each Debian package description is followed by its one-line summary.",
-        template="Description: {input}\nSummary:", metric="rouge", max_input_tokens=40,
-        max_new_tokens=16),
-}
-
-
-def get_task(name: str, **overrides: Any) -> Task:
-  """A built-in task (fields overridable) or `custom` (dataset, template, kind required)."""
-  if name == "custom":
-    missing = [k for k in ("dataset", "template", "kind") if not overrides.get(k)]
-    if missing:
-      raise ValueError(f"task custom needs {', '.join('--' + m for m in missing)}")
-    task = Task(name="custom", **{k: v for k, v in overrides.items() if v is not None})
-  elif name in TASKS:
-    task = dataclasses.replace(TASKS[name], **{k: v for k, v in overrides.items() if v is not None})
-  else:
-    raise ValueError(f"unknown task {name!r}; valid: {', '.join(sorted(TASKS))}, custom")
-  if task.kind == "generate" and overrides.get("metric") is None and task.metric == "accuracy":
-    task = dataclasses.replace(task, metric="exact_match")
-  task.check()
-  return task
-
-
-# --------------------------------------------------------------------------- prompts
-
-
-def demonstration(task: Task, text: str, answer: str) -> str:
-  return task.template.replace("{input}", text) + task.answer_template.replace("{answer}", answer)
-
-
-def build_prompt(task: Task, demos: Sequence[tuple[str, str]], query: str) -> str:
-  """Instruction, demonstrations (input, answer) and the query, joined by the separator."""
-  parts = [task.instruction] if task.instruction else []
-  parts += [demonstration(task, text, answer) for text, answer in demos]
-  parts.append(task.template.replace("{input}", query))
-  return task.separator.join(parts)
-
-
-def stop_strings(task: Task) -> list[str]:
-  """Where a generated answer ends: the next example's opening or the separator (if the
-  tokenizer keeps it)."""
-  head = task.template.split("{input}")[0].strip()
-  return [s for s in (task.separator.strip(), head) if s]
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> str:
-  ends = [i for i in (text.find(s) for s in stops) if i >= 0]
-  return text[:min(ends)] if ends else text
-
-
-def truncate_tokens(vocab: Vocabulary, text: str, n: int) -> str:
-  ids = vocab.encode(text)
-  return text if n <= 0 or len(ids) <= n else vocab.decode(ids[:n])
-
-
-@dataclasses.dataclass
-class Prompt:
-  text: str
-  ids: list[int]
-  shots: int          # demonstrations that fit
-  truncated: bool     # the query input was cut to fit
-
-
-def fit_prompt(task: Task, vocab: Vocabulary, demos: Sequence[tuple[str, str]], query: str,
-               budget: int) -> Prompt:
-  """The prompt with as many of `demos` (in order) as fit `budget` tokens; if even none fit,
-  the query input is cut from its end."""
-  for n in range(len(demos), -1, -1):
-    text = build_prompt(task, demos[:n], query)
-    ids = gen.encode_prompt(vocab, text)
-    if len(ids) <= budget:
-      return Prompt(text, ids, n, False)
-  query_ids = vocab.encode(query)
-  keep = len(query_ids) - (len(ids) - budget)
-  while keep > 0:
-    text = build_prompt(task, [], vocab.decode(query_ids[:keep]))
-    ids = gen.encode_prompt(vocab, text)
-    if len(ids) <= budget:
-      return Prompt(text, ids, 0, True)
-    keep -= max(1, len(ids) - budget)
-  raise ValueError(f"task {task.name}: the instruction and template alone take more than "
-                   f"{budget} tokens, the room the context window leaves for the prompt")
-
-
-def sample_demos(task: Task, pool: Source, query_index: int, query_text: str, k: int,
-                 seed: int, same_split: bool) -> list[tuple[str, str]]:
-  """k (input, answer) demonstrations for query `query_index`, drawn from `pool` with
-  (seed, query_index); never the query item (same index when pool is the query's split, or
-  the same input text)."""
-  if k == 0:
-    return []
-  rng = np.random.default_rng([seed, query_index])
-  draw = rng.choice(len(pool), size=min(len(pool), k + 8), replace=False)
-  out = []
-  for i in draw:
-    if same_split and int(i) == query_index:
-      continue
-    example = pool[int(i)]
-    text = task.input_of(example)
-    if text.strip() == query_text.strip():
-      continue
-    out.append((text, task.answer_of(example)))
-    if len(out) == k:
-      break
-  return out
-
-
-# --------------------------------------------------------------------------- scoring
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _sequence_logprobs(graphdef, params, inputs_BxL, targets_BxL, segment_ids_BxL,
-                       weights_BxL):
-  """Sum over weighted positions of log p(target | prefix), per row."""
-  dtype = nnx.merge(graphdef, params).cfg.dtype
-  net = nnx.merge(graphdef, gen.inference_params(params, dtype))
-  positions = jnp.broadcast_to(jnp.arange(inputs_BxL.shape[1]), inputs_BxL.shape)
-  logits = net(inputs_BxL, positions_BxL=positions, segment_ids_BxL=segment_ids_BxL)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  token_logp = jnp.take_along_axis(logp, targets_BxL[..., None], axis=-1)[..., 0]
-  return jnp.sum(token_logp * weights_BxL, axis=-1)
-
-
-def continuation_logprobs(model: LoadedRun, contexts: Sequence[list[int]],
-                          continuations: Sequence[list[int]], *, batch_size: int) -> np.ndarray:
-  """log p(continuation | context) for each pair, on the model's mesh."""
-  if len(contexts) != len(continuations):
-    raise ValueError("contexts and continuations differ in number")
-  seqs = [list(c) + list(x) for c, x in zip(contexts, continuations)]
-  longest = max(len(s) for s in seqs)
-  if longest > model.cfg.model.max_len + 1:
-    raise ValueError(f"a scored sequence has {longest} tokens, more than the context window "
-                     f"of {model.cfg.model.max_len}")
-  length = min(math.ceil((longest - 1) / SEQ_BUCKET) * SEQ_BUCKET, model.cfg.model.max_len)
-  partitioner = model.setup.partitioner
-  rows = math.ceil(min(batch_size, len(seqs)) / partitioner.num_data) * partitioner.num_data
-  place = lambda x: jax.device_put(x, partitioner.batch_sharding(x.ndim))
-  out = []
-  with partitioner.context():
-    for start in range(0, len(seqs), rows):
-      arrays = np.zeros((4, rows, length), np.int32)  # inputs, targets, segment ids, weights
-      for r, (seq, cont) in enumerate(zip(seqs[start:start + rows],
-                                          continuations[start:start + rows])):
-        n = len(seq) - 1
-        arrays[0, r, :n], arrays[1, r, :n], arrays[2, r, :n] = seq[:-1], seq[1:], 1
-        arrays[3, r, n - len(cont):n] = 1
-      inputs, targets, segment_ids, weights = (place(a) for a in arrays)
-      sums = _sequence_logprobs(model.setup.graphdef, model.params, inputs, targets,
-                                segment_ids, weights.astype(jnp.float32))
-      out.append(np.asarray(jax.device_get(sums))[:min(rows, len(seqs) - start)])
-  return np.concatenate(out)
-
-
-def choose(model: LoadedRun, prompts: Sequence[list[int]], candidates: Sequence[str], *,
-           length_norm: str = "none", batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-  """Index of the most likely candidate completion for each prompt, and the scores [N, C]."""
-  if not candidates:
-    raise ValueError("the candidate list is empty: multiple choice needs at least one candidate")
-  if length_norm not in LENGTH_NORMS:
-    raise ValueError(f"unknown length_norm {length_norm!r}; valid: {', '.join(LENGTH_NORMS)}")
-  cand_ids = [model.vocab.encode(c) for c in candidates]
-  if any(not c for c in cand_ids):
-    raise ValueError(f"a candidate encodes to no tokens: {list(candidates)}")
-  contexts = [p for p in prompts for _ in candidates]
-  conts = [c for _ in prompts for c in cand_ids]
-  scores = continuation_logprobs(model, contexts, conts, batch_size=batch_size)
-  scores = scores.reshape(len(prompts), len(candidates))
-  if length_norm == "token":
-    scores = scores / np.array([len(c) for c in cand_ids])
-  elif length_norm == "char":
-    scores = scores / np.array([len(c) for c in candidates])
-  return scores.argmax(-1), scores
-
-
-def normalize_answer(text: str) -> str:
-  return re.sub(r"\s+", " ", text.strip().lower()).rstrip(".").strip()
-
-
-def generation_scores(task: Task, targets: Sequence[str],
-                      predictions: Sequence[str]) -> dict[str, float]:
-  em = float(np.mean([normalize_answer(t) == normalize_answer(p)
-                      for t, p in zip(targets, predictions)]))
-  out = {"exact_match": em}
-  if task.metric == "rouge":
-    out |= rouge(list(predictions), list(targets))
-  return out
-
-
-def primary(task: Task, scores: dict[str, float]) -> tuple[str, float]:
-  """The headline metric of a task's score dict."""
-  key = {"accuracy": "accuracy", "exact_match": "exact_match", "rouge": "rougeL"}[task.metric]
-  return key, scores[key]
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def baselines(task: Task, train: Source, queries: Sequence[dict], *, seed: int,
-              sample: int = 5000) -> dict[str, Any]:
-  """Chance and majority for choice; the most frequent train target (exact match) and a
-  lead-n-words baseline (ROUGE) for generation. Train statistics from a seeded sample."""
-  idx = np.random.default_rng(seed).permutation(len(train))[:sample]
-  answers = [task.answer_of(train[int(i)]) for i in idx]
-  majority, _ = collections.Counter(answers).most_common(1)[0]
-  targets = [task.answer_of(q) for q in queries]
-  if task.kind == "choice":
-    return {"chance": 1.0 / len(task.candidates), "majority": float(np.mean(
-        [t == majority for t in targets])), "majority_answer": majority}
-  out = {"majority": generation_scores(task, targets, [majority] * len(targets)),
-         "majority_answer": majority}
-  if task.metric == "rouge":
-    n = int(np.median([len(a.split()) for a in answers]))
-    lead = [" ".join(task.input_of(q).split()[:n]) for q in queries]
-    out[f"lead_{n}_words"] = generation_scores(task, targets, lead)
-  return out
+# Tasks, prompts and scoring stay importable from here, the command's module.
+__all__ = ["KINDS", "LENGTH_NORMS", "METRICS", "TASKS", "Prompt", "Task", "baselines",
+           "build_prompt", "choose", "cli_main", "continuation_logprobs", "cut_at_stop",
+           "demonstration", "evaluate", "fit_prompt", "generation_scores", "get_task", "main",
+           "normalize_answer", "parse_shots", "primary", "sample_demos", "stop_strings", "table",
+           "task_from_flags", "truncate_tokens"]
 
 
 def evaluate(model: LoadedRun, task: Task, *, shots: Sequence[int], num_examples: int,
@@ -377,8 +97,9 @@ def evaluate(model: LoadedRun, task: Task, *, shots: Sequence[int], num_examples
       scores["predicted"] = dict(collections.Counter(predictions))
     else:
       outs = gen.generate_tokens(model.setup.graphdef, model.params, [p.ids for p in prompts],
-                                 max_len=model.cfg.model.max_len, max_new_tokens=task.max_new_tokens,
-                                 eos_id=vocab.eos_id, vocab_size=vocab.vocab_size,
+                                 max_len=model.cfg.model.max_len,
+                                 max_new_tokens=task.max_new_tokens, eos_id=vocab.eos_id,
+                                 vocab_size=vocab.vocab_size,
                                  batch_size=batch_size, partitioner=model.setup.partitioner)
       stops = stop_strings(task)
       predictions = [cut_at_stop(gen.continuation_text(vocab, p.ids, o), stops).strip()

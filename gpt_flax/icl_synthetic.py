@@ -26,7 +26,7 @@ from absl import flags
 from common import cli
 from common.tokenizer import train_sentencepiece
 from common.vocab import CONTROL_SYMBOLS, load_vocab
-from gpt_flax.icl import Task, build_prompt
+from gpt_flax.icl_tasks import Task, build_prompt
 
 KEYS = ("green", "black", "white", "cloud", "dark", "light")
 NOISE = ("file", "data", "tool", "server", "user", "code", "system", "library", "network",

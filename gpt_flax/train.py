@@ -7,6 +7,7 @@ loss and perplexity, and prints sampled continuations of `config.sample.prompts`
 from __future__ import annotations
 
 from common import entry, trainer
+from common.data import workers
 from common.data.pipeline import compile_loss_regex, lm_dataset
 from common.data.records import get_text
 from common.rundir import RunDir
@@ -29,10 +30,12 @@ def run(cfg, workdir: str, *, prepare: bool = False) -> trainer.TrainResult:
 
   def make_iter(split: str, *, train: bool):
     source = train_source if split == d.train_split else entry.open_data(cfg, split)
-    return lm_dataset(source, vocab, text_field=d.text_field, seq_len=d.seq_len,
-                      batch_size=cfg.train.batch_size, seed=cfg.seed,
-                      shuffle=train and d.shuffle, num_epochs=None if train else 1,
-                      loss_regex=d.loss_regex, dataset_name=f"{d.dataset}:{split}")
+    make = lambda lanes: lm_dataset(
+        source, vocab, text_field=d.text_field, seq_len=d.seq_len,
+        batch_size=cfg.train.batch_size, seed=cfg.seed, shuffle=train and d.shuffle,
+        num_epochs=None if train else 1, loss_regex=d.loss_regex,
+        dataset_name=f"{d.dataset}:{split}", lanes=lanes)
+    return workers.parallel(make, cfg.train.batch_size, d.num_workers if train else 0)
 
   result = trainer.train(
       GPTModel(cfg), cfg, workdir,

@@ -9,6 +9,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from common import entry
+from common.data import workers
 from common.data.seq2seq import field_text, fit_length, seq2seq_dataset, text_pair_fn
 from common.vocab import Vocabulary
 from t5x_lite.span_corruption import span_corruption_dataset
@@ -59,20 +60,21 @@ def make_iter_fn(cfg: ConfigDict, vocab: Vocabulary, split: str, *, train: bool
   def make():
     source = entry.open_data(cfg, split)
     name = f"{d.dataset}:{split}"
+    common = dict(batch_size=cfg.train.batch_size, seed=cfg.seed, shuffle=train and d.shuffle,
+                  num_epochs=None if train else 1, dataset_name=name)
     if cfg.task == "pretrain":
-      ds, _ = span_corruption_dataset(source, vocab, text_field=d.text_field,
-                                      input_len=d.max_input_len, batch_size=cfg.train.batch_size,
-                                      seed=cfg.seed, shuffle=train and d.shuffle,
-                                      num_epochs=None if train else 1, dataset_name=name)
-      return ds
-    inp, tgt = fields(d)
-    fn = text_pair_fn(vocab, input_field=inp, target_field=tgt, prefix=d.prefix,
-                      max_input_len=d.max_input_len, max_target_len=d.max_target_len,
-                      truncate_inputs=d.truncate_inputs, truncate_targets=d.truncate_targets)
-    return seq2seq_dataset(source, fn, input_len=d.max_input_len, target_len=d.max_target_len,
-                           batch_size=cfg.train.batch_size, seed=cfg.seed,
-                           shuffle=train and d.shuffle, num_epochs=None if train else 1,
-                           pack=d.pack, dataset_name=name)
+      rows = lambda lanes: span_corruption_dataset(
+          source, vocab, text_field=d.text_field, input_len=d.max_input_len, lanes=lanes,
+          **common)[0]
+    else:
+      inp, tgt = fields(d)
+      fn = text_pair_fn(vocab, input_field=inp, target_field=tgt, prefix=d.prefix,
+                        max_input_len=d.max_input_len, max_target_len=d.max_target_len,
+                        truncate_inputs=d.truncate_inputs, truncate_targets=d.truncate_targets)
+      rows = lambda lanes: seq2seq_dataset(source, fn, input_len=d.max_input_len,
+                                           target_len=d.max_target_len, pack=d.pack,
+                                           lanes=lanes, **common)
+    return workers.parallel(rows, cfg.train.batch_size, d.num_workers if train else 0)
   return make
 
 

@@ -18,37 +18,37 @@ DATASETS = ("debian", "sentiment")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments {argv[1:]}")
-    f = flags.FLAGS
-    if f.dataset not in DATASETS:
-        raise ValueError(f"--dataset={f.dataset} cannot be prepared here; choices: {DATASETS} "
-                         "(tfds:/jsonl:/text: specs are read as they are)")
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}")
+  f = flags.FLAGS
+  if f.dataset not in DATASETS:
+    raise ValueError(f"--dataset={f.dataset} cannot be prepared here; choices: {DATASETS} "
+                     "(tfds:/jsonl:/text: specs are read as they are)")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-    from common.data import debian, sentiment  # pylint: disable=g-import-not-at-top
+  from common.data import debian, sentiment  # pylint: disable=g-import-not-at-top
 
-    tfds.disable_progress_bar()
-    start = time.time()
-    if f.dataset == "sentiment":
-        builder = sentiment.prepare_sentiment(f.data_dir)
-        raw = f"raw sdist extract in {sentiment.raw_dir_for(f.data_dir)}"
-    else:
-        builder = debian.prepare_debian(f.data_dir)
-        raw = f"raw apt snapshot in {debian.raw_dir_for(f.data_dir)}"
-    splits = {name: info.num_examples for name, info in sorted(builder.info.splits.items())}
-    print(f"{f.dataset}: {splits} ({sum(splits.values())} examples) in {builder.data_dir} "
-          f"[{time.time() - start:.1f}s]; {raw}")
+  tfds.disable_progress_bar()
+  start = time.time()
+  if f.dataset == "sentiment":
+    builder = sentiment.prepare_sentiment(f.data_dir)
+    raw = f"raw sdist extract in {sentiment.raw_dir_for(f.data_dir)}"
+  else:
+    builder = debian.prepare_debian(f.data_dir)
+    raw = f"raw apt snapshot in {debian.raw_dir_for(f.data_dir)}"
+  splits = {name: info.num_examples for name, info in sorted(builder.info.splits.items())}
+  print(f"{f.dataset}: {splits} ({sum(splits.values())} examples) in {builder.data_dir} "
+        f"[{time.time() - start:.1f}s]; {raw}")
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("dataset", "debian", f"dataset to prepare: {DATASETS}")
-    flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR, "where prepared datasets live")
+  flags.DEFINE_string("dataset", "debian", f"dataset to prepare: {DATASETS}")
+  flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR, "where prepared datasets live")
 
 
 def cli_main() -> None:
-    cli.run(main, define_flags)
+  cli.run(main, define_flags)
 
 
 if __name__ == "__main__":
-    cli_main()
+  cli_main()
