@@ -63,6 +63,7 @@ def finetune(cfg: ConfigDict, data_dir: str, cell: str, steps: int) -> dict[str,
   c.task = "classify"
   c.classify.update(dataset=f"jsonl:{data_dir}/{{split}}.jsonl", train_split="train",
                     eval_split="validation", test_split="test", epochs=1, labels=_labels(cfg))
+  c.data.dataset = c.classify.dataset  # the pretraining dataset is not this run's data
   result = train.run(c, cell)
   with open(os.path.join(cell, "results.json")) as f:
     report = json.load(f)

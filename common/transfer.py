@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import statistics
 import time
 from typing import Any, Callable
 
@@ -34,10 +33,11 @@ from ml_collections import ConfigDict, config_flags
 
 from common import cli
 from common import config as config_lib
+from common import transfer_report as report
 from common.rundir import RunDir
+from common.transfer_report import INITS
 
 FLAGS = flags.FLAGS
-INITS = ("pretrained", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Family:
   # -> the cell's metrics
   finetune: Callable[[ConfigDict, str, str, int], dict[str, float]]
   baseline: Callable[[ConfigDict], tuple[str, float]]     # (what it is, its metric)
+  extra: tuple[str, ...] = ()    # further cell results the table averages
   # Steps follow from epochs over the data (BERT fine-tuning): the cell's training file then
   # holds its subset repeated to fill them, in one epoch.
   repeat_data: bool = False
@@ -133,67 +134,6 @@ class LabelledData:
     return path
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-  return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-
-def summarize(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-  """Per budget: mean, std of each init, and the difference in standard errors."""
-  out = []
-  for n in sorted({r["budget"] for r in rows}):
-    line: dict[str, Any] = {"budget": n}
-    for init in INITS:
-      xs = [r[metric] for r in rows if r["budget"] == n and r["init"] == init]
-      line[init] = (*_mean_std(xs), len(xs)) if xs else None
-    p, r = line["pretrained"], line["random"]
-    line["z"] = None
-    if p and r:
-      se = math.sqrt(p[1] ** 2 / p[2] + r[1] ** 2 / r[2])
-      line["z"] = (p[0] - r[0]) / se if se > 0 else None
-    out.append(line)
-  return out
-
-
-def table(summary: list[dict[str, Any]], metric: str, baseline: tuple[str, float]) -> str:
-  fmt = lambda c: f"{c[0]:.4f} ± {c[1]:.4f} ({c[2]})" if c else "-"
-  lines = [f"| labels | pretrained: {metric} | random init | difference | in SE |",
-           "|---:|---:|---:|---:|---:|"]
-  for s in summary:
-    p, r = s["pretrained"], s["random"]
-    diff = f"{p[0] - r[0]:+.4f}" if p and r else "-"
-    z = f"{s['z']:+.1f}" if s["z"] is not None else "-"
-    lines.append(f"| {s['budget']} | {fmt(p)} | {fmt(r)} | {diff} | {z} |")
-  lines.append(f"\nbaseline: {baseline[0]}: {baseline[1]:.4f}")
-  return "\n".join(lines)
-
-
-def plot(summary: list[dict[str, Any]], rows: list[dict[str, Any]], family: Family,
-         baseline: tuple[str, float], path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  for init, color in zip(INITS, ("tab:blue", "tab:orange")):
-    pts = [(s["budget"], s[init]) for s in summary if s[init]]
-    if not pts:
-      continue
-    xs = [x for x, _ in pts]
-    ax.errorbar(xs, [c[0] for _, c in pts], yerr=[c[1] for _, c in pts], marker="o",
-                capsize=3, color=color, label=f"{init} (mean ± std)")
-    seeds = [(r["budget"], r[family.metric]) for r in rows if r["init"] == init]
-    ax.scatter(*zip(*seeds), s=8, alpha=0.4, color=color)
-  ax.axhline(baseline[1], ls="--", color="gray", label=baseline[0])
-  ax.set_xscale("log")
-  ax.set_xlabel("labelled training examples")
-  ax.set_ylabel(family.metric_name)
-  ax.set_title(f"{family.name}: fine-tuned from pretraining vs random init")
-  ax.legend(fontsize=8)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
 def _pretrain(family: Family, cfg: ConfigDict, out: str) -> tuple[str, dict]:
   """OUT/pretrain, trained (or resumed) until done; its metrics are kept in pretrain.json."""
   workdir = os.path.join(out, "pretrain")
@@ -237,24 +177,50 @@ def run_cell(family: Family, cfg: ConfigDict, data: LabelledData, pretrained: st
   return row
 
 
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v}
+  return out
+
+
+def check_same_config(cfg: ConfigDict, out: str) -> None:
+  """OUT/config.json records the grid's config; a rerun with another one (except the budgets
+  and seeds, which extend the grid) would mix cells of two recipes, so it is refused."""
+  path = os.path.join(out, "config.json")
+  now = ConfigDict(cfg.to_dict())
+  now.transfer.budgets, now.transfer.seeds = "", ""
+  if os.path.exists(path):
+    before = _flat(RunDir(out).config().to_dict())
+    after = _flat(json.loads(now.to_json_best_effort()))
+    diffs = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if diffs:
+      raise ValueError(f"{out} holds a grid run with another config ({', '.join(diffs[:5])} "
+                       "differ); use a new --out")
+  else:
+    config_lib.save_config(now, out)
+
+
 def run_grid(family: Family, cfg: ConfigDict, out: str, pretrained: str | None = None
              ) -> list[dict[str, Any]]:
   """Every cell of the grid (finished ones skipped); writes the CSV, plot and table."""
   t = cfg.transfer
   seeds = parse_seeds(t.seeds)
+  finetune_steps(t, 1, 1)  # checks the step bounds before anything runs
+  pretrained = RunDir.find(pretrained).path if pretrained else None
   out = os.path.abspath(out)
   os.makedirs(out, exist_ok=True)
+  check_same_config(cfg, out)
   data = LabelledData(family, cfg, out)
   budgets = parse_budgets(t.budgets, len(data.rows))
   if pretrained:
     pre_metrics = {"reused": pretrained}
-    RunDir.find(pretrained)
   else:
     pretrained, pre_metrics = _pretrain(family, cfg, out)
   print(f"pretraining: {json.dumps(pre_metrics)}", flush=True)
   rows = []
-  for n in budgets:
-    for seed in seeds:
+  for seed in seeds:
+    for n in budgets:
       for init in INITS:
         row = run_cell(family, cfg, data, pretrained, init, n, seed, os.path.join(out, "cells"))
         what = "done before" if row.pop("skipped", False) else f"{row['wall_s'] / 60:.1f} min"
@@ -273,12 +239,14 @@ def write_outputs(family: Family, cfg: ConfigDict, out: str, rows: list[dict[str
     writer.writeheader()
     writer.writerows(rows)
   baseline = family.baseline(cfg)
-  summary = summarize(rows, family.metric)
-  text = table(summary, family.metric, baseline)
+  summary = report.summarize(rows, family.metric, family.extra)
+  text = report.table(summary, family.metric, family.extra, baseline)
   text += f"\npretraining: {json.dumps(pre_metrics)}"
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write(text + "\n")
-  plot(summary, rows, family, baseline, os.path.join(out, "transfer.png"))
+  report.plot(summary, rows, family.metric, family.metric_name,
+              f"{family.name}: fine-tuned from pretraining vs random init", baseline,
+              os.path.join(out, "transfer.png"))
   print("\n" + text, flush=True)
 
 
