@@ -2,10 +2,10 @@
 small-batch fp32 matmuls, in both layouts, beside a plain streaming reduction.
 
 A GPT decoding step with batch 8 reads every weight once, so (weight bytes) / (this rate)
-bounds the time per token step from below (README, GPT generation). Two layouts of the same
-product: batch-major [8, d] @ [d, n] (the training layout), and feature-major [n, d] @ [d, 8]
-(transposed weights against transposed activations), which `common/feature_major.py` decodes in
-because XLA:CPU streams it faster.
+bounds the time per token step from below (docs/benchmarks.md, feature-major decoding steps).
+Two layouts of the same product: batch-major [8, d] @ [d, n] (the training layout), and
+feature-major [n, d] @ [d, 8] (transposed weights against transposed activations), which
+`common/feature_major.py` decodes in because XLA:CPU streams it faster.
 
   PYTHONPATH=. python benchmarks/matvec_bandwidth.py [--rows 8 --repeats 5]
 """

@@ -2,10 +2,9 @@
 
 XLA:CPU allocates every step's temporary buffers afresh. glibc serves blocks over 32 MB with
 mmap and returns them on free, so each training step page-faults its whole working set in
-again: on the GPT `bench` config (2-core VM) 330,000 minor faults and ~0.9 CPU-seconds of
-kernel time per 3-second step. tcmalloc keeps freed memory mapped (0 faults per step, ~10 %
-faster; PyTorch is unaffected either way, it reuses blocks under the mmap threshold). This is
-the allocator TensorFlow and many JAX deployments preload; `quickstart.sh` installs it
+again (the measured cost: docs/benchmarks.md, "What closed the gaps"). tcmalloc keeps freed
+memory mapped (PyTorch is unaffected either way, it reuses blocks under the mmap threshold).
+This is the allocator TensorFlow and many JAX deployments preload; `quickstart.sh` installs it
 (`apt-get install libtcmalloc-minimal4`). Nothing changes when it is absent.
 
 Opt out with FLAX_PRETRAIN_TCMALLOC=0; point FLAX_PRETRAIN_TCMALLOC at another library path to

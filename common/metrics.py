@@ -14,9 +14,9 @@ import jax
 from absl import logging
 
 # Peak dense FLOP/s per device, used for the MFU estimate. CPU figures are XLA matmul rates
-# (2048x2048 jnp.dot, both cores) measured on idle 2-core development machines: with avx512_bf16
-# (ENGINEERING_NOTES.md) and on the same Zen 4 cores when the hypervisor hides AVX-512 (fp32
-# 154-162 GFLOP/s, bf16 94-96, measured 2026-11-29); a device kind not listed uses
+# (2048x2048 jnp.dot, both cores) of 2-core development machines: with avx512_bf16
+# (ENGINEERING_NOTES.md) and, `cpu-avx2`, on the same Zen 4 cores when the hypervisor hides
+# AVX-512 (measurement in docs/benchmarks.md, "bf16 on CPU"); a device kind not listed uses
 # `train.peak_flops_per_device` from the config.
 PEAK_FLOPS = {
     "cpu": {"float32": 180e9, "bfloat16": 330e9},

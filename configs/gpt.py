@@ -1,7 +1,7 @@
 """GPT presets: `python -m gpt_flax.train --config=configs/gpt.py:<preset>`.
 
 tiny   - unit tests (seconds on a CPU)
-demo   - the README main job: pretrains on the Debian corpus on 2 CPU cores in minutes
+demo   - the quickstart's job (quickstart.sh): pretrains on the Debian corpus on 2 CPU cores
 bench  - the benchmark shape (vocab 8192, 6 layers, d 512, 8 heads, seq 256, batch 8)
 124m / 350m / 774m / 1.5b - GPT-2 shapes (vocab 50304 = 50257 padded to a multiple of 128)
 
@@ -40,7 +40,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.optimizer.update(learning_rate=1e-3, warmup_steps=2)
     c.sample.max_new_tokens = 8
   elif preset == "demo":
-    # fp32: on CPUs without avx512_bf16 (as these VMs expose) bf16 compute is ~20 % slower.
+    # fp32: bf16 is slower on CPUs without avx512_bf16 (docs/benchmarks.md, bf16 on CPU).
     c.model = _model(4, 256, 4, 8192, 128, scan_layers=False)
     c.data.seq_len = 128
     c.train.update(batch_size=16, num_steps=800, log_every=50, eval_every=400, eval_batches=20,

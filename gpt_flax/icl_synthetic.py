@@ -38,7 +38,7 @@ LABELS = ("false", "true")
 # The loss is on the answers only (as in instruction tuning): with every token weighted, the
 # unpredictable noise and key words dominate the gradient. And the answer follows the key
 # directly: with "Input: {input}\nLabel:" between them a 2-layer model stayed at chance after
-# 3,000 steps even with this loss (README, in-context learning).
+# 3,000 steps even with this loss.
 LOSS_REGEX = r" (?:true|false)(?=\n|$)"
 
 TASK = Task(name="synthetic", dataset="", kind="choice", instruction="Answer true or false.",

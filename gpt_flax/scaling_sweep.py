@@ -59,7 +59,7 @@ class Sweep:
 
 
 # Sized for 2 dedicated CPU cores: quick <= 10 min, cpu <= 60 min (from measured CPU time per
-# step and per run; see the scaling section of the README).
+# step and per run; the cpu preset's run is in docs/results.md, scaling study).
 PRESETS = {
     # 6 sizes, 12.8k..595k non-embedding params (46x), x 2 budgets (102k, 307k tokens).
     "quick": Sweep(sizes=parse_sizes("32x1,48x1,64x1,64x2,96x2,128x3"), steps=(100, 300),
