@@ -28,7 +28,8 @@ from common import cli
 from common import config as config_lib
 from common.aot_compile import (STEPS, Compiled, Prepared, analytic_flops, bound, compile_step,
                                 family_of, min_bytes, prepare, step_flops)
-from common.aot_targets import GIB, REMAT_LADDER, gib, resolve
+from common.aot_targets import (GIB, PIPELINE_TOKENS_PER_CORE, REMAT_LADDER, gib, input_cores,
+                                 resolve)
 from common.partitioning import Partitioner
 
 EXIT_DOES_NOT_FIT = 3
@@ -84,6 +85,10 @@ def report_step(prep: Prepared, c: Compiled, hbm: float) -> list[str]:
                f">= {moved}) -> MFU <= "
                f"{b.mfu:.0%}; at that bound each host must feed {b.tokens_per_s_host:,.0f} "
                f"tokens/s ({b.rows_per_s_host:,.1f} rows/s)")
+  cores = input_cores(prep.family, b.tokens_per_s_host)
+  per_core = PIPELINE_TOKENS_PER_CORE[prep.family]
+  lines.append(f"  input: ~{cores} CPU core(s) per host at {per_core:,} tokens/s per core "
+               f"(benchmarks/pipeline_throughput.py): --config.data.num_workers={cores}")
   return lines
 
 

@@ -19,7 +19,7 @@ from ml_collections import ConfigDict
 from common import config as config_lib
 from common.aot_compile import (Compiled, Prepared, analytic_flops, bound, compile_step,
                                 family_of, prepare, step_flops)
-from common.aot_targets import GIB, REMAT_LADDER, Target, gib, resolve
+from common.aot_targets import GIB, REMAT_LADDER, Target, gib, input_cores, resolve
 from common.mesh import MeshShape
 from common.sharding import RULE_PRESETS
 
@@ -201,7 +201,7 @@ def _table(done: list[Candidate], flops: dict[str, float], hbm: float) -> None:
   rows.sort(key=lambda r: (not _fits(r[0], hbm), -(r[1].mfu if r[1] else 0.0)))
   head = (f"{'#':>2} {'fits':4} {'peak GiB':>8} {'state GiB':>9} {'data x fsdp x tensor':>20} "
           f"{'rules':13} {'remat':13} {'accum':>5} {'FLOPs ratio':>11} {'step >= ms':>10} "
-          f"{'MFU <=':>6} {'tok/s/host':>11} {'compile s':>9}")
+          f"{'MFU <=':>6} {'tok/s/host':>11} {'input cores':>11} {'compile s':>9}")
   print(head)
   for i, (c, b) in enumerate(rows, 1):
     ratio = (f"{flops[c.remat] / analytic_flops(c.prep, 'train'):.2f}" if c.remat in flops
@@ -212,6 +212,8 @@ def _table(done: list[Candidate], flops: dict[str, float], hbm: float) -> None:
           f"{mesh + ('*' if c.configured else ''):>20} {c.rules:13} {c.remat:13} {c.accum:>5} "
           f"{ratio:>11} {(f'{b.step_s * 1e3:,.1f}' if b else '-'):>10} "
           f"{(f'{b.mfu:.0%}' if b else '-'):>6} "
-          f"{(f'{b.tokens_per_s_host:,.0f}' if b else '-'):>11} {c.compiled.compile_s:>9.0f}")
+          f"{(f'{b.tokens_per_s_host:,.0f}' if b else '-'):>11} "
+          f"{(input_cores(c.prep.family, b.tokens_per_s_host) if b else '-'):>11} "
+          f"{c.compiled.compile_s:>9.0f}")
   if rows and _fits(rows[0][0], hbm):
     print(f"best: {rows[0][0].flags()}   (* = the configured layout)")

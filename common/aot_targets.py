@@ -58,6 +58,13 @@ TPU_CHIPS = {
 }
 GPU_PEAK_BF16 = {"h100": 989e12, "h200": 989e12, "a100": 312e12}
 GPU_SPECS = {"h100": "h100_sxm.txtpb", "h200": "h200_sxm.txtpb", "a100": "a100_sxm_80gb.txtpb"}
+# Row positions per second one CPU core of the host builds with the family's training pipeline
+# (tokenize, pack, BERT masking, T5 span corruption) at the base presets' row lengths:
+# `PYTHONPATH=. python benchmarks/pipeline_throughput.py --workers 0,1,2 --seconds 6
+# --trials 1`, a 2-core x86 VM with its cores shared by two training jobs, 2026-12-04 (GPT
+# 92.6k, BERT 46.1k, T5 88.9k in the training process); an idle core builds more, so the
+# cores a target needs (`input_cores`) err high.
+PIPELINE_TOKENS_PER_CORE = {"gpt": 92_600, "bert": 46_100, "t5": 88_900}
 # v5e / v6e slice shapes (chips -> topology), as Cloud TPU and MaxText lay them out.
 _PLANAR = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
            256: "16x16"}
@@ -225,3 +232,9 @@ def _patched(module: Any, attr: str, value: Any) -> Iterator[None]:
     yield
   finally:
     setattr(module, attr, old)
+
+
+def input_cores(family: str, tokens_per_s_host: float) -> int:
+  """CPU cores a host's input pipeline needs to build `tokens_per_s_host` (data.num_workers
+  spreads the rows over that many processes)."""
+  return max(1, math.ceil(tokens_per_s_host / PIPELINE_TOKENS_PER_CORE[family]))

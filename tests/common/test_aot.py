@@ -5,6 +5,7 @@ memory, a batch the mesh does not divide, a layout the mesh cannot shard, a bad 
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -86,6 +87,10 @@ def test_tiny_presets_compile_for_a_tpu_slice_and_fit(family, target, steps, tmp
   out = capsys.readouterr().out
   assert verdict.startswith(f"verdict: fits on {target}")
   assert all(f"{step} step: compiled" in out for step in steps) and "MFU <=" in out
+  feed = float(re.search(r"each host must feed ([\d,]+) tokens/s", out)[1].replace(",", ""))
+  cores = int(re.search(r"input: ~(\d+) CPU core", out)[1])
+  assert cores == aot_targets.input_cores(family, feed) >= 1
+  assert f"--config.data.num_workers={cores}" in out
   with open(tmp_path / f"{steps[0]}_step.pkl", "rb") as f:
     payload, _, _ = pickle.load(f)
   assert len(payload) > 1000
@@ -154,6 +159,7 @@ def test_plan_ranks_what_it_compiled_and_counts_the_rest(capsys):
   out = capsys.readouterr().out
   assert sum(c.compiled is not None for c in cands) == 1
   assert "data x fsdp x tensor" in out and "best: --config.mesh.data=" in out
+  assert "input cores" in out
   assert f"{len(cands) - 1} candidates not compiled" in out
 
 
@@ -171,3 +177,10 @@ def test_cli_exit_status_and_one_error_line():
   bad = _cli("--config=configs/gpt.py:tiny", "--target=v9-8")
   errors = [l for l in bad.stderr.splitlines() if l.startswith("error:")]
   assert bad.returncode == 2 and len(errors) == 1 and "v5e-N" in errors[0]
+
+
+def test_input_cores_cover_the_feed_rate():
+  per_core = aot_targets.PIPELINE_TOKENS_PER_CORE["gpt"]
+  assert aot_targets.input_cores("gpt", 1.0) == 1
+  assert aot_targets.input_cores("gpt", per_core) == 1
+  assert aot_targets.input_cores("gpt", per_core + 1) == 2
