@@ -187,32 +187,41 @@ class MultiHeadAttention(nnx.Module):
     self.scale = head_dim ** -0.5 if scale_logits else 1.0
     self.dtype, self.head_dim, self.implementation = dtype, head_dim, implementation
 
+  def _heads(self, dense: Dense, x_BxLxD: jax.Array) -> jax.Array:
+    return sharding.constrain(dense(x_BxLxD), ("batch", "length", "act_heads", "kv"))
+
+  def project_kv(self, x_BxKxD: jax.Array) -> KVCache:
+    """Heads-major keys/values of `x`, for attention over a fixed sequence computed once and
+    passed back as `kv` (T5's decoder steps over its encoder output)."""
+    return KVCache(*(jnp.swapaxes(self._heads(d, x_BxKxD), 1, 2) for d in (self.key, self.value)))
+
   def __call__(self, x_BxQxD: jax.Array, x_kv_BxKxD: jax.Array | None = None, *,
                mask: jax.Array | None = None, bias: jax.Array | None = None,
                cache: KVCache | None = None, cache_index: jax.Array | None = None,
-               causal: bool = False, dropout_key: jax.Array | None = None
-               ) -> tuple[jax.Array, KVCache | None]:
+               kv: KVCache | None = None, causal: bool = False,
+               dropout_key: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
     """With `cache`, the new keys/values are written at `cache_index` and attention runs over
-    the whole cache buffer (the caller's mask hides unwritten slots). `causal` says the mask
-    is causal, so whole blocks above the diagonal can be skipped (`causal_attention_blocks`)."""
+    the whole cache buffer (the caller's mask hides unwritten slots). `kv`: keys/values from
+    `project_kv`, used instead of projecting `x_kv_BxKxD`. `causal` says the mask is causal,
+    so whole blocks above the diagonal can be skipped (`causal_attention_blocks`)."""
     x_kv = x_BxQxD if x_kv_BxKxD is None else x_kv_BxKxD
-    q = sharding.constrain(self.query(x_BxQxD), ("batch", "length", "act_heads", "kv"))
-    k = sharding.constrain(self.key(x_kv), ("batch", "length", "act_heads", "kv"))
-    v = sharding.constrain(self.value(x_kv), ("batch", "length", "act_heads", "kv"))
-    if cache is None and use_cudnn(self.implementation, dtype=self.dtype,
-                                   head_dim=self.head_dim, bias=bias,
-                                   dropout=dropout_key is not None and self.dropout.rate > 0):
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.scale, is_causal=causal,
-                                         implementation="cudnn")
-      return self.out(out), None
-    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [B, H, L, D]
+    q = self._heads(self.query, x_BxQxD)
+    if kv is None:
+      k, v = self._heads(self.key, x_kv), self._heads(self.value, x_kv)
+      if cache is None and use_cudnn(self.implementation, dtype=self.dtype,
+                                     head_dim=self.head_dim, bias=bias,
+                                     dropout=dropout_key is not None and self.dropout.rate > 0):
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.scale,
+                                           is_causal=causal, implementation="cudnn")
+        return self.out(out), None
+      kv = KVCache(jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2))  # [B, H, L, D]
     if cache is not None:
-      cache = cache.write(k, v, cache_index)
-      k, v = cache
-    blocks = causal_attention_blocks(q.shape[2]) if causal and cache is None else 1
-    out = heads_major_attention(q, k, v, mask=mask, bias=bias, scale=self.scale,
-                                dropout=self.dropout, dropout_key=dropout_key, dtype=self.dtype,
-                                causal_blocks=blocks)
+      cache = cache.write(kv.k, kv.v, cache_index)
+      kv = cache
+    blocks = causal_attention_blocks(q.shape[1]) if causal and cache is None else 1
+    out = heads_major_attention(jnp.swapaxes(q, 1, 2), kv.k, kv.v, mask=mask, bias=bias,
+                                scale=self.scale, dropout=self.dropout, dropout_key=dropout_key,
+                                dtype=self.dtype, causal_blocks=blocks)
     return self.out(jnp.swapaxes(out, 1, 2)), cache
 
 

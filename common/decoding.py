@@ -1,15 +1,18 @@
 """Autoregressive decoding with a KV cache, shared by GPT generation and T5 inference.
 
 Greedy decoding and sampling (`generate`) and beam search (`beam_search`, T5X's algorithm with
-its length penalty). A model plugs in through `step_fn(tokens_BxT, positions_BxT, segment_ids_BxT, cache) ->
-(logits_BxTxV, cache)`. Prompts are left-padded so every row writes the same cache slot each
-step; pads carry segment id 0 and are never attended to, so ragged prompts in one batch decode
-exactly as they would alone. The loop is a `lax.while_loop` inside one jitted function.
+its length penalty). A model plugs in through `step_fn(tokens_BxT, positions_BxT,
+segment_ids_BxT, cache) -> (logits_BxTxV, cache)`. Prompts are left-padded so every row writes
+the same cache slot each step; pads carry segment id 0 and are never attended to, so ragged
+prompts in one batch decode exactly as they would alone. The loop is a `lax.while_loop` inside
+one jitted function. Sampling is keyed by row id and position (`sampling_logits`), so a
+sampled output does not depend on its batch; ids past the tokenizer's vocabulary are never
+produced (`mask_padded_vocab`); `predict_batches` runs a list of inputs batch by batch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,20 +53,45 @@ def filter_logits(logits_BxV: jax.Array, *, top_k: int = 0, top_p: float = 1.0) 
   return logits_BxV
 
 
-def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, top_k: int,
-                 top_p: float, vocab_size: int | None = None) -> jax.Array:
-  """Greedy when temperature == 0, else sampling from the filtered, tempered distribution.
+def mask_padded_vocab(logits_BxV: jax.Array, vocab_size: int | None,
+                      fill: float | None = None) -> jax.Array:
+  """Logits of ids >= `vocab_size` set to `fill` (default: the dtype's lowest value): embedding
+  tables are padded to a multiple of 128 for speed, and those ids decode to nothing."""
+  if vocab_size is None or vocab_size >= logits_BxV.shape[-1]:
+    return logits_BxV
+  fill = jnp.finfo(logits_BxV.dtype).min if fill is None else fill
+  return jnp.where(jnp.arange(logits_BxV.shape[-1]) < vocab_size, logits_BxV, fill)
 
-  `vocab_size` excludes the embedding rows past the tokenizer's vocabulary (tables are padded
-  to a multiple of 128 for speed; those ids decode to nothing).
+
+def row_keys(key: jax.Array, row_ids_B: jax.Array) -> jax.Array:
+  """One sampling key per row: `key` folded with the row's id (its index among all inputs)."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(row_ids_B)
+
+
+def sampling_logits(logits_BxV: jax.Array, keys_B: jax.Array, positions_B: jax.Array, *,
+                    temperature: float, top_k: int, top_p: float,
+                    vocab_size: int | None = None) -> jax.Array:
+  """Logits whose argmax is a sample of the filtered, tempered distribution (Gumbel-max).
+
+  Row b's noise is keyed by fold_in(keys_B[b], positions_B[b]), the position the token fills:
+  a sample depends on its row's key and context only, never on the batch size, the padding or
+  the other rows.
   """
-  if vocab_size is not None and vocab_size < logits_BxV.shape[-1]:
-    valid = jnp.arange(logits_BxV.shape[-1]) < vocab_size
-    logits_BxV = jnp.where(valid, logits_BxV, jnp.finfo(logits_BxV.dtype).min)
+  logits = filter_logits(mask_padded_vocab(logits_BxV, vocab_size).astype(jnp.float32)
+                         / temperature, top_k=top_k, top_p=top_p)
+  gumbel = lambda k, p: jax.random.gumbel(jax.random.fold_in(k, p), logits.shape[-1:])
+  return logits + jax.vmap(gumbel)(keys_B, positions_B)
+
+
+def sample_token(logits_BxV: jax.Array, keys_B: jax.Array, positions_B: jax.Array, *,
+                 temperature: float, top_k: int, top_p: float,
+                 vocab_size: int | None = None) -> jax.Array:
+  """Greedy when temperature == 0, else a sample (`sampling_logits`); never a padded id."""
   if temperature == 0.0:
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  logits = filter_logits(logits_BxV.astype(jnp.float32) / temperature, top_k=top_k, top_p=top_p)
-  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    return jnp.argmax(mask_padded_vocab(logits_BxV, vocab_size), axis=-1).astype(jnp.int32)
+  return jnp.argmax(sampling_logits(logits_BxV, keys_B, positions_B, temperature=temperature,
+                                    top_k=top_k, top_p=top_p, vocab_size=vocab_size),
+                    axis=-1).astype(jnp.int32)
 
 
 def phase_ends(max_new_tokens: int, phases: int, min_steps: int = 16) -> list[int]:
@@ -75,12 +103,13 @@ def phase_ends(max_new_tokens: int, phases: int, min_steps: int = 16) -> list[in
 def generate(step_fn: StepFn, cache: Any, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, *,
              max_new_tokens: int, key: jax.Array, eos_id: int, pad_id: int = 0,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             vocab_size: int | None = None,
+             vocab_size: int | None = None, row_ids_B: jax.Array | None = None,
              phase_ends: list[int] | None = None) -> tuple[jax.Array, jax.Array]:
   """Prefills the prompt, then decodes one token per step until EOS or `max_new_tokens`.
 
   Returns (tokens [B, max_new_tokens] padded with `pad_id` after EOS, lengths [B] counting
-  the EOS). Traceable: call it inside `jax.jit` with the sampling options static.
+  the EOS). Traceable: call it inside `jax.jit` with the sampling options static. Sampling
+  keys row b by `row_keys(key, row_ids_B)` (default ids 0..B-1) and the token's position.
 
   `phase_ends` (from `phase_ends()`): decode in phases, one loop each, with the cache grown by
   `cache.extend(slots)` between them. The cache passed in then holds the prompt plus the first
@@ -94,33 +123,33 @@ def generate(step_fn: StepFn, cache: Any, prompt_BxP: jax.Array, prompt_mask_BxP
   positions = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=1) - 1, 0)
   logits, cache = step_fn(prompt_BxP, positions, prompt_mask_BxP, cache)
   next_pos = positions[:, -1] + 1
+  keys_B = row_keys(key, jnp.arange(batch) if row_ids_B is None else row_ids_B)
   out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
   done = jnp.zeros((batch,), bool)
   lengths = jnp.zeros((batch,), jnp.int32)
 
   def body(carry):
-    i, last_logits, cache, out, done, lengths, key = carry
-    key, sub = jax.random.split(key)
-    tok = sample_token(last_logits, sub, temperature=temperature, top_k=top_k, top_p=top_p,
-                       vocab_size=vocab_size)
+    i, last_logits, cache, out, done, lengths = carry
+    tok = sample_token(last_logits, keys_B, next_pos + i, temperature=temperature, top_k=top_k,
+                       top_p=top_p, vocab_size=vocab_size)
     tok = jnp.where(done, pad_id, tok)
     out = out.at[:, i].set(tok)
     lengths = lengths + (~done).astype(jnp.int32)
     done = done | (tok == eos_id)
     ones = jnp.ones((batch, 1), jnp.int32)
     logits, cache = step_fn(tok[:, None], (next_pos + i)[:, None], ones, cache)
-    return i + 1, logits[:, -1], cache, out, done, lengths, key
+    return i + 1, logits[:, -1], cache, out, done, lengths
 
   def cond(carry):
-    i, *_, done, _, _ = carry
+    i, *_, done, _ = carry
     return (i < max_new_tokens) & ~jnp.all(done)
 
-  carry = (jnp.zeros((), jnp.int32), logits[:, -1], cache, out, done, lengths, key)
+  carry = (jnp.zeros((), jnp.int32), logits[:, -1], cache, out, done, lengths)
   for j, end in enumerate(ends):
     if j:
       carry = carry[:2] + (carry[2].extend(end - ends[j - 1]),) + carry[3:]
     carry = jax.lax.while_loop(lambda c, end=end: cond(c) & (c[0] < end), body, carry)
-  _, _, _, out, _, lengths, _ = carry
+  _, _, _, out, _, lengths = carry
   return out, lengths
 
 
@@ -169,10 +198,7 @@ def beam_search(step_fn: StepFn, cache: Any, prompt_BxP: jax.Array, prompt_mask_
   next_pos = rep(positions)[:, -1] + 1
 
   def log_probs(logits_NxV):
-    logits_NxV = logits_NxV.astype(jnp.float32)
-    if vocab_size is not None and vocab_size < logits_NxV.shape[-1]:
-      valid = jnp.arange(logits_NxV.shape[-1]) < vocab_size
-      logits_NxV = jnp.where(valid, logits_NxV, _NEG)
+    logits_NxV = mask_padded_vocab(logits_NxV.astype(jnp.float32), vocab_size, _NEG)
     return jax.nn.log_softmax(logits_NxV, axis=-1)
 
   def take(x, idx):  # x [B, M, ...], idx [B, J] -> [B, J, ...]
@@ -219,3 +245,23 @@ def beam_search(step_fn: StepFn, cache: Any, prompt_BxP: jax.Array, prompt_mask_
   tokens = take(jnp.concatenate([fin_seq, alive_seq], 1), idx)
   lengths = take(jnp.concatenate([fin_len, jnp.full_like(fin_len, i)], 1), idx)
   return tokens, lengths, scores
+
+
+def predict_batches(inputs: Sequence[Any], rows: int,
+                    decode_batch: Callable[[list[Any], int], tuple[Any, Any]], *,
+                    eos_id: int) -> list[list[int]]:
+  """Each input's output ids (EOS dropped), decoded `rows` inputs at a time.
+
+  `decode_batch(batch, start)` decodes inputs start.. start + rows - 1 (their row ids, which
+  key the sampling) to (tokens [rows, N], lengths [rows] counting the EOS). The last batch is
+  filled up with copies of its first input, decoded and dropped, so that every batch has the
+  same shape and one compilation serves them all.
+  """
+  out: list[list[int]] = []
+  for start in range(0, len(inputs), rows):
+    chunk = list(inputs[start:start + rows])
+    real = len(chunk)
+    tokens, lengths = jax.device_get(decode_batch(chunk + chunk[:1] * (rows - real), start))
+    out += [[int(t) for t in row[:n] if t != eos_id]
+            for row, n in zip(tokens[:real], lengths[:real])]
+  return out

@@ -8,8 +8,9 @@ concatenated into one matrix) once per generate call by `prepare`, and `layer_st
 activations [D, B] through the layer; only the per-head attention over the KV cache runs
 batch-major, on the same `KVCache` buffers ([B, H, max_len, D_head]) the prefill fills.
 
-The math is `TransformerLayer.__call__` with a cache (pre-LN, no dropout): same parameters,
-same dtypes and accumulation, equal logits (tests/common/test_feature_major.py).
+An alternate kernel, not other math: `layer_step` is `TransformerLayer.__call__` with a cache
+(pre-LN, no dropout) on the same parameters, with the same dtypes and accumulation, and equal
+outputs (tests/common/test_feature_major.py); `gpt_flax.network.Decoder` picks it on CPU.
 """
 
 from __future__ import annotations

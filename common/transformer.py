@@ -80,10 +80,12 @@ class TransformerLayer(nnx.Module):
 
   def __call__(self, x_BxLxD: jax.Array, *, mask: jax.Array | None, bias: jax.Array | None = None,
                encoded_BxSxD: jax.Array | None = None, cross_mask: jax.Array | None = None,
-               cache: KVCache | None = None, cache_index: jax.Array | None = None,
-               causal: bool = False, dropout_key: jax.Array | None = None
-               ) -> tuple[jax.Array, KVCache | None]:
-    """`causal`: `mask` is causal (decoder self-attention), which lets attention skip blocks."""
+               cross_kv: KVCache | None = None, cache: KVCache | None = None,
+               cache_index: jax.Array | None = None, causal: bool = False,
+               dropout_key: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+    """`causal`: `mask` is causal (decoder self-attention), which lets attention skip blocks.
+    `cross_kv`: the cross-attention keys/values of `encoded_BxSxD` (`MultiHeadAttention.
+    project_kv`), computed once so that decoding steps do not recompute them."""
     keys = list(jax.random.split(dropout_key, 7)) if dropout_key is not None else [None] * 7
     new_cache = None
 
@@ -95,7 +97,8 @@ class TransformerLayer(nnx.Module):
 
     x = self._residual(x_BxLxD, self.attn_norm, self_attn, keys[1])
     if self.cross_attn is not None:
-      cross = lambda h: self.cross_attn(h, encoded_BxSxD, mask=cross_mask, dropout_key=keys[2])[0]
+      cross = lambda h: self.cross_attn(h, encoded_BxSxD, mask=cross_mask, kv=cross_kv,
+                                        dropout_key=keys[2])[0]
       x = self._residual(x, self.cross_norm, cross, keys[3])
     x = self._residual(x, self.mlp_norm, lambda h: self.mlp(h, dropout_key=keys[4]), keys[5])
     return sharding.constrain(x, ("batch", "length", "act_embed")), new_cache

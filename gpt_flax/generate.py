@@ -8,9 +8,10 @@ The prompt is prefilled in one pass, then one token per step is decoded inside a
 `while_loop` until EOS or `--max_new_tokens`. Ragged prompts share a batch (left-padded). The
 model runs on the mesh of its saved config with the training sharding rules (or `--mesh`).
 
-Sampling draws the token at position p of prompt i with the key
-fold_in(fold_in(key(seed), i), p), by the Gumbel-max trick: a continuation depends only on
-(seed, prompt index, prompt), never on batch size, padding, the other prompts or the mesh.
+Sampling (`common.decoding.sampling_logits`, as in T5 inference) draws the token at position p
+of prompt i with the key fold_in(fold_in(key(seed), i), p), by the Gumbel-max trick: a
+continuation depends only on (seed, prompt index, prompt), never on batch size, padding, the
+other prompts or the mesh.
 """
 
 from __future__ import annotations
@@ -29,13 +30,12 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from common import cli, decoding, feature_major, sharding
-from common.attention import KVCache, LayerCaches
+from common import cli, decoding
 from common.partitioning import Partitioner
 from common.rundir import LoadedRun, RunDir
 from common.vocab import Vocabulary
 from gpt_flax.model import GPTModel
-from gpt_flax.network import GPT
+from gpt_flax.network import Decoder
 
 PROMPT_BUCKET = 32  # padded prompt lengths are multiples of this: few compiled shapes
 # The KV cache grows in up to this many phases (`decoding.generate`): a step reads the cache up
@@ -56,80 +56,6 @@ def inference_params(params: Any, dtype: str) -> Any:
   return jax.tree_util.tree_map_with_path(cast, params)
 
 
-def sampling_logits(logits_BxV: jax.Array, keys_B: jax.Array, positions_B: jax.Array, *,
-                    temperature: float, top_k: int, top_p: float,
-                    vocab_size: int | None) -> jax.Array:
-  """Logits whose argmax is a sample of the filtered, tempered distribution (Gumbel-max), the
-  noise keyed by row and position."""
-  if vocab_size is not None and vocab_size < logits_BxV.shape[-1]:
-    valid = jnp.arange(logits_BxV.shape[-1]) < vocab_size
-    logits_BxV = jnp.where(valid, logits_BxV, jnp.finfo(logits_BxV.dtype).min)
-  logits = decoding.filter_logits(logits_BxV.astype(jnp.float32) / temperature, top_k=top_k,
-                                  top_p=top_p)
-  gumbel = lambda k, p: jax.random.gumbel(jax.random.fold_in(k, p), logits.shape[-1:])
-  return logits + jax.vmap(gumbel)(keys_B, positions_B)
-
-
-class Decoder:
-  """GPT's forward pass with a KV cache, on the network's own modules, layers unrolled.
-
-  Through a scanned stack, XLA would copy every layer's weights and whole KV cache out of the
-  stacked arrays at every decoded token (and the cache back in). Here each layer's weights are
-  sliced once, before the decode loop, and each layer owns a cache buffer that a step updates
-  in place. On CPU, one-token steps run feature-major (`common/feature_major.py`: weights
-  transposed once here, activations [D, B]), which XLA:CPU streams ~1.5x faster; elsewhere
-  (TPU/GPU choose their own layouts) they run through the modules, without the transposed
-  copy of every weight. Returns the logits of the last position only (all decoding reads), so
-  a prefill skips the vocabulary projection of the other prompt positions.
-  """
-
-  def __init__(self, net: GPT, *, use_feature_major: bool | None = None):
-    self.net = net
-    self.layers = net.layers.unstacked()
-    if use_feature_major is None:
-      use_feature_major = jax.default_backend() == "cpu"
-    dtype = jnp.dtype(net.cfg.dtype)
-    self.step_weights = ([feature_major.prepare(layer, dtype) for layer in self.layers]
-                         if use_feature_major else None)
-
-  def init_cache(self, batch: int, max_len: int) -> LayerCaches:
-    c = self.net.cfg
-    return LayerCaches.zeros(len(self.layers), batch, max_len, c.num_heads, c.head_dim,
-                             jnp.dtype(c.dtype))
-
-  def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
-               segment_ids_BxT: jax.Array, cache: LayerCaches) -> tuple[jax.Array, LayerCaches]:
-    """fp32 logits [B, 1, V] of the last position, and the cache with the T tokens added."""
-    net = self.net
-    x = net.embed(tokens_BxT) + net.pos_embed(positions_BxT)
-    slots, mask = cache.step_mask(segment_ids_BxT)
-    kvs = []
-    caches = [KVCache(*(sharding.constrain(c, ("batch", "act_heads", "kv_length", "kv"))
-                        for c in kv)) for kv in cache.kv]
-    if tokens_BxT.shape[1] == 1 and self.step_weights is not None:
-      x_DxB = sharding.constrain(x[:, 0].T, ("act_embed", "batch"))
-      for layer, w, kv in zip(self.layers, self.step_weights, caches):
-        x_DxB, kv = feature_major.layer_step(layer, w, x_DxB, cache=kv,
-                                             cache_index=cache.index, mask_Bx1x1xL=mask)
-        kvs.append(kv)
-      h_DxB = net.final_norm(x_DxB, axis=0)
-      logits_VxB = jax.lax.dot_general(
-          net.embed.embedding[...].astype(net.embed.dtype), h_DxB.astype(net.embed.dtype),
-          (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-      # The barrier keeps XLA from folding the transpose into the matmul, which would turn it
-      # back into the slow [B, D] x [V, D] form.
-      logits = jax.lax.optimization_barrier(logits_VxB).T[:, None]
-    else:
-      x = sharding.constrain(x, ("batch", "length", "act_embed"))
-      for layer, kv in zip(self.layers, caches):
-        x, kv = layer(x, mask=mask, cache=kv, cache_index=cache.index)
-        kvs.append(kv)
-      logits = net.embed.attend(net.final_norm(x[:, -1:]))
-    logits = sharding.constrain(logits, ("batch", "length", "act_vocab"))
-    return logits, LayerCaches(tuple(kvs), slots.segment_ids,
-                               cache.index + tokens_BxT.shape[1])
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id", "temperature",
                                              "top_k", "top_p", "vocab_size", "phases"))
 def _generate_jit(graphdef, params, prompt_BxP, mask_BxP, seed, row_ids_B, *,
@@ -139,20 +65,10 @@ def _generate_jit(graphdef, params, prompt_BxP, mask_BxP, seed, row_ids_B, *,
   decoder = Decoder(nnx.merge(graphdef, inference_params(params, dtype)))
   ends = decoding.phase_ends(max_new_tokens, phases)
   cache = decoder.init_cache(prompt_BxP.shape[0], prompt_BxP.shape[1] + ends[0])
-  keys_B = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(row_ids_B)
-
-  def step_fn(tokens, positions, segment_ids, cache):
-    logits, cache = decoder(tokens, positions, segment_ids, cache)
-    if temperature > 0.0:  # the token at position p + 1 is drawn with key (row, p + 1)
-      logits = sampling_logits(logits[:, 0], keys_B, positions[:, -1] + 1,
-                               temperature=temperature, top_k=top_k, top_p=top_p,
-                               vocab_size=vocab_size)[:, None]
-    return logits, cache
-
-  # Sampling happened in step_fn; the shared loop takes the argmax (and masks padded ids).
-  return decoding.generate(step_fn, cache, prompt_BxP, mask_BxP, max_new_tokens=max_new_tokens,
-                           key=jax.random.key(0), eos_id=eos_id, temperature=0.0,
-                           vocab_size=vocab_size, phase_ends=ends)
+  return decoding.generate(decoder, cache, prompt_BxP, mask_BxP, max_new_tokens=max_new_tokens,
+                           key=jax.random.key(seed), eos_id=eos_id, temperature=temperature,
+                           top_k=top_k, top_p=top_p, vocab_size=vocab_size, row_ids_B=row_ids_B,
+                           phase_ends=ends)
 
 
 def check_sampling(*, max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
@@ -189,22 +105,17 @@ def generate_tokens(graphdef, params, prompts: list[list[int]], *, max_len: int,
   length = min(math.ceil(longest / PROMPT_BUCKET) * PROMPT_BUCKET, max_len - max_new_tokens)
   place = ((lambda x: jax.device_put(x, partitioner.batch_sharding(x.ndim)))
            if partitioner is not None else jnp.asarray)
-  results = []
+
+  def decode_batch(chunk: list[list[int]], start: int) -> tuple[jax.Array, jax.Array]:
+    tokens, mask = decoding.left_pad(chunk, length=length)
+    row_ids = np.arange(start, start + rows, dtype=np.int32)
+    return _generate_jit(
+        graphdef, params, place(tokens), place(mask), jnp.asarray(seed, jnp.int32),
+        place(row_ids), max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
+        top_k=top_k, top_p=top_p, vocab_size=vocab_size, phases=phases)
+
   with partitioner.context() if partitioner is not None else contextlib.nullcontext():
-    for start in range(0, len(prompts), rows):
-      chunk = prompts[start:start + rows]
-      real = len(chunk)
-      chunk = chunk + [chunk[0]] * (rows - real)  # filler rows: decoded, then dropped
-      tokens, mask = decoding.left_pad(chunk, length=length)
-      row_ids = np.arange(start, start + rows, dtype=np.int32)
-      out, lengths = _generate_jit(
-          graphdef, params, place(tokens), place(mask), jnp.asarray(seed, jnp.int32),
-          place(row_ids), max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
-          top_k=top_k, top_p=top_p, vocab_size=vocab_size, phases=phases)
-      out, lengths = jax.device_get((out, lengths))
-      results += [[int(t) for t in row[:n] if t != eos_id]
-                  for row, n in zip(out[:real], lengths[:real])]
-  return results
+    return decoding.predict_batches(prompts, rows, decode_batch, eos_id=eos_id)
 
 
 def continuation_text(vocab: Vocabulary, prompt_ids: list[int], ids: list[int]) -> str:

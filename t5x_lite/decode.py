@@ -21,9 +21,11 @@ from t5x_lite.network import T5, IncrementalDecoder
 @functools.partial(jax.jit, static_argnames=(
     "graphdef", "max_decode_len", "beam_size", "alpha", "temperature", "top_k", "top_p",
     "eos_id", "vocab_size"))
-def _decode_jit(graphdef, params, enc_tokens_BxS, enc_segment_ids_BxS, key, *,
+def _decode_jit(graphdef, params, enc_tokens_BxS, enc_segment_ids_BxS, key, row_ids_B=None, *,
                 max_decode_len: int, beam_size: int, alpha: float, temperature: float,
                 top_k: int, top_p: float, eos_id: int, vocab_size: int | None):
+  """(tokens [B, max_decode_len], lengths [B]): the best beam, or greedy/sampled (sampling
+  keyed by `key`, `row_ids_B` and position, as in `decoding.generate`)."""
   net: T5 = nnx.merge(graphdef, params)
   batch = enc_tokens_BxS.shape[0]
   rows = batch * beam_size
@@ -47,7 +49,7 @@ def _decode_jit(graphdef, params, enc_tokens_BxS, enc_segment_ids_BxS, key, *,
     return tokens[:, 0], lengths[:, 0]
   return decoding.generate(step_fn, cache, start, start_mask, max_new_tokens=max_decode_len,
                            key=key, eos_id=eos_id, temperature=temperature, top_k=top_k,
-                           top_p=top_p, vocab_size=vocab_size)
+                           top_p=top_p, vocab_size=vocab_size, row_ids_B=row_ids_B)
 
 
 def predict_ids(graphdef: Any, params: Any, inputs: list[np.ndarray], *, input_len: int,
@@ -57,7 +59,8 @@ def predict_ids(graphdef: Any, params: Any, inputs: list[np.ndarray], *, input_l
                 partitioner: Partitioner | None = None) -> list[list[int]]:
   """Output ids (without EOS) for each encoder input (ids ending in EOS).
 
-  Beam search when beam_size > 1, else greedy (temperature 0) or sampling;
+  Beam search when beam_size > 1, else greedy (temperature 0) or sampling, keyed by `seed`,
+  the input's index and position, so an output does not depend on its batch (as GPT's);
   batches are padded to `batch_size` rows and `input_len` tokens, so one compilation serves
   every batch. With `partitioner`, rows are spread over its data axes and decoding runs in
   its mesh + rules.
@@ -69,26 +72,19 @@ def predict_ids(graphdef: Any, params: Any, inputs: list[np.ndarray], *, input_l
                      "beam_size=1")
   if partitioner is not None:
     partitioner.check_batch(batch_size, "inference batch_size")
-  out: list[list[int]] = []
   key = jax.random.key(seed)
-  for start in range(0, len(inputs), batch_size):
-    chunk = list(inputs[start:start + batch_size])
-    real = len(chunk)
-    chunk += [np.asarray([eos_id], np.int32)] * (batch_size - real)
+
+  def decode_batch(chunk: list[np.ndarray], start: int) -> tuple[jax.Array, jax.Array]:
     feats = pad_batch([{"inputs": x, "targets": np.zeros(0, np.int32)} for x in chunk],
                       input_len, 1)
-    key, sub = jax.random.split(key)
-    args = (jnp.asarray(feats["encoder_input_tokens"]), jnp.asarray(feats["encoder_segment_ids"]))
-    context = contextlib.nullcontext()
-    if partitioner is not None:
-      args = tuple(partitioner.global_batch({"x": np.asarray(a)})["x"] for a in args)
-      context = partitioner.context()
-    with context:
-      tokens, lengths = _decode_jit(graphdef, params, *args, sub, max_decode_len=max_decode_len,
-                                    beam_size=beam_size, alpha=alpha, temperature=temperature,
-                                    top_k=top_k, top_p=top_p, eos_id=eos_id,
-                                    vocab_size=vocab_size)
-    tokens, lengths = jax.device_get((tokens, lengths))
-    for row, n in list(zip(tokens, lengths))[:real]:
-      out.append([int(t) for t in row[:n] if t != eos_id])
-  return out
+    args = {"tokens": feats["encoder_input_tokens"], "segment_ids": feats["encoder_segment_ids"],
+            "row_ids": np.arange(start, start + batch_size, dtype=np.int32)}
+    args = (partitioner.global_batch(args) if partitioner is not None
+            else {k: jnp.asarray(v) for k, v in args.items()})
+    with partitioner.context() if partitioner is not None else contextlib.nullcontext():
+      return _decode_jit(graphdef, params, args["tokens"], args["segment_ids"], key,
+                         args["row_ids"], max_decode_len=max_decode_len, beam_size=beam_size,
+                         alpha=alpha, temperature=temperature, top_k=top_k, top_p=top_p,
+                         eos_id=eos_id, vocab_size=vocab_size)
+
+  return decoding.predict_batches(inputs, batch_size, decode_batch, eos_id=eos_id)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common import sharding
-from common.attention import KVCache, LayerCaches, heads_major_attention, make_mask
+from common.attention import LayerCaches, make_mask
 from common.layers import Dense, Embed, RMSNorm
 from common.relpos import RelativePositionBias
 from common.transformer import LayerConfig, LayerStack, TransformerLayer
@@ -90,22 +90,6 @@ def _t5_init(layer: TransformerLayer, cfg: T5Config) -> None:
 def _layers(stack: LayerStack) -> list[TransformerLayer]:
   """The stack's layer modules (one module with stacked params when scanned)."""
   return [stack.layers] if stack.scan else list(stack.layers)
-
-
-def _decoder_layer_step(layer: TransformerLayer, y, *, mask, bias, cache: KVCache, cache_index,
-                        cross_kv: KVCache, cross_mask):
-  """One pre-LN decoder layer on new tokens, reusing precomputed cross-attention keys/values
-  (TransformerLayer would recompute them from the encoder output at every step)."""
-  out, cache = layer.attn(layer.attn_norm(y), mask=mask, bias=bias, cache=cache,
-                          cache_index=cache_index)
-  y = y + out
-  cross = layer.cross_attn
-  q = jnp.swapaxes(cross.query(layer.cross_norm(y)), 1, 2)
-  attended = heads_major_attention(q, cross_kv.k, cross_kv.v, mask=cross_mask, bias=None,
-                                   scale=cross.scale, dropout=cross.dropout, dropout_key=None,
-                                   dtype=cross.dtype)
-  y = y + cross.out(jnp.swapaxes(attended, 1, 2))
-  return y + layer.mlp(layer.mlp_norm(y)), cache
 
 
 class T5(nnx.Module):
@@ -181,15 +165,14 @@ class IncrementalDecoder:
 
   The decoder layers are unrolled (`LayerStack.unstacked`: weights sliced once, one cache
   buffer per layer updated in place) and every layer's cross-attention keys/values are
-  computed from the encoder output once, here, not at every step.
+  computed from the encoder output once, here, and passed to `TransformerLayer` as `cross_kv`
+  at every step.
   """
 
   def __init__(self, net: T5, encoded_BxSxD: jax.Array, encoder_segment_ids_BxS: jax.Array):
     self.net = net
     self.layers = net.decoder.unstacked()
-    self.cross_kv = tuple(KVCache(jnp.swapaxes(layer.cross_attn.key(encoded_BxSxD), 1, 2),
-                                  jnp.swapaxes(layer.cross_attn.value(encoded_BxSxD), 1, 2))
-                          for layer in self.layers)  # heads-major, as KVCache
+    self.cross_kv = tuple(layer.cross_attn.project_kv(encoded_BxSxD) for layer in self.layers)
     self.encoder_segment_ids = encoder_segment_ids_BxS
 
   def init_cache(self, batch: int, max_len: int) -> LayerCaches:
@@ -208,9 +191,8 @@ class IncrementalDecoder:
     y = net.embed(tokens_BxT)
     kvs = []
     for layer, kv, cross_kv in zip(self.layers, cache.kv, self.cross_kv):
-      y, kv = _decoder_layer_step(layer, y, mask=mask, bias=bias, cache=kv,
-                                  cache_index=cache.index, cross_kv=cross_kv,
-                                  cross_mask=cross_mask)
+      y, kv = layer(y, mask=mask, bias=bias, cross_kv=cross_kv, cross_mask=cross_mask,
+                    cache=kv, cache_index=cache.index)
       kvs.append(kv)
     cache = slots._replace(kv=tuple(kvs), index=cache.index + t)
     return net._logits(net.decoder_norm(y)), cache

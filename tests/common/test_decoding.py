@@ -1,4 +1,7 @@
-"""Sampling filters and the decode loop on a toy step function."""
+"""Sampling filters, the sampler, the padded-vocab mask, the decode loop on a toy step
+function and the batched predict loop."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,10 +11,15 @@ import pytest
 from common import decoding
 
 
+def _keys(seed: int, n: int) -> jax.Array:
+  return decoding.row_keys(jax.random.key(seed), jnp.arange(n))
+
+
 def test_top_k_one_is_greedy():
   logits = jax.random.normal(jax.random.key(0), (4, 50))
   for seed in range(3):
-    tok = decoding.sample_token(logits, jax.random.key(seed), temperature=1.0, top_k=1, top_p=1.0)
+    tok = decoding.sample_token(logits, _keys(seed, 4), jnp.zeros(4, jnp.int32),
+                                temperature=1.0, top_k=1, top_p=1.0)
     np.testing.assert_array_equal(tok, jnp.argmax(logits, -1))
 
 
@@ -52,9 +60,69 @@ def test_generate_stops_at_eos_and_pads():
 def test_ids_past_the_tokenizer_vocabulary_are_never_sampled():
   logits = jnp.zeros((2, 10)).at[:, 8:].set(100.0)  # padded embedding rows would win
   for temperature in (0.0, 1.0):
-    tok = decoding.sample_token(logits, jax.random.key(0), temperature=temperature, top_k=0,
-                                top_p=1.0, vocab_size=8)
+    tok = decoding.sample_token(logits, _keys(0, 2), jnp.zeros(2, jnp.int32),
+                                temperature=temperature, top_k=0, top_p=1.0, vocab_size=8)
     assert np.all(np.asarray(tok) < 8)
+
+
+def test_padded_vocab_mask():
+  logits = jnp.arange(6, dtype=jnp.float32)[None]
+  lowest = jnp.finfo(jnp.float32).min
+  np.testing.assert_array_equal(decoding.mask_padded_vocab(logits, 4),
+                                [[0, 1, 2, 3, lowest, lowest]])
+  np.testing.assert_array_equal(decoding.mask_padded_vocab(logits, 4, -1e9),
+                                [[0, 1, 2, 3, -1e9, -1e9]])
+  assert decoding.mask_padded_vocab(logits, None) is logits
+  assert decoding.mask_padded_vocab(logits, 6) is logits
+
+
+def test_seeded_sampling_keeps_the_nucleus_and_follows_the_distribution():
+  probs = np.array([0.5, 0.3, 0.15, 0.05])
+  n = 4000
+  logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (n, 4))
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(n))
+
+  @functools.partial(jax.jit, static_argnames=("top_k", "top_p"))
+  def sample(logits, keys, top_k, top_p):  # arguments, not constants: XLA would fold the sort
+    return jnp.argmax(decoding.sampling_logits(logits, keys, jnp.zeros(n, jnp.int32),
+                                               temperature=1.0, top_k=top_k, top_p=top_p,
+                                               vocab_size=None), -1)
+  draw = lambda **kw: np.asarray(sample(logits, keys, **kw))
+  counts = np.bincount(draw(top_k=0, top_p=1.0), minlength=4) / n
+  np.testing.assert_allclose(counts, probs, atol=0.03)
+  assert set(draw(top_k=0, top_p=0.75)) == {0, 1}  # 0.5 + 0.3 is the smallest set >= 0.75
+  assert set(draw(top_k=3, top_p=0.85)) == {0, 1, 2}
+
+
+def test_sampled_rows_depend_on_their_row_id_not_their_batch():
+  """A row decodes the same tokens alone as in a batch, given the same row id (the sampling
+  semantics GPT generation and T5 inference share)."""
+  vocab = 16
+
+  def step_fn(tokens, positions, segment_ids, cache):  # flat logits: every token possible
+    return jnp.zeros(tokens.shape + (vocab,)), cache
+
+  prompt, mask = (jnp.asarray(a) for a in decoding.left_pad([[2], [3, 4], [5]]))
+  kw = dict(max_new_tokens=6, key=jax.random.key(7), eos_id=-1, temperature=1.0)
+  batch, _ = decoding.generate(step_fn, None, prompt, mask, **kw)
+  for i in range(3):
+    alone, _ = decoding.generate(step_fn, None, prompt[i:i + 1], mask[i:i + 1],
+                                 row_ids_B=jnp.asarray([i]), **kw)
+    np.testing.assert_array_equal(alone[0], batch[i])
+  assert len({tuple(np.asarray(r)) for r in batch}) == 3  # rows draw different noise
+
+
+def test_predict_batches_fills_the_last_batch_and_drops_eos():
+  seen = []
+
+  def decode_batch(chunk, start):
+    seen.append((list(chunk), start))
+    tokens = np.asarray([[x, x + 1, 9, 0] for x in chunk])
+    return tokens, np.asarray([3 if x % 2 else 2 for x in chunk])
+
+  out = decoding.predict_batches([10, 11, 12, 13, 14], 2, decode_batch, eos_id=9)
+  assert seen == [([10, 11], 0), ([12, 13], 2), ([14, 14], 4)]
+  assert out == [[10, 11], [11, 12], [12, 13], [13, 14], [14, 15]]
 
 
 class _GrowingCache:

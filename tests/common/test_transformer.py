@@ -1,4 +1,5 @@
-"""Layer stack: scanned == looped, remat does not change gradients, pre/post-LN differ."""
+"""Layer stack: scanned == looped, remat does not change gradients, pre/post-LN differ; a layer
+with a KV cache and precomputed cross-attention keys/values = the layer over whole sequences."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from common.attention import make_mask
-from common.transformer import LayerConfig, LayerStack
+from common.attention import KVCache, make_mask
+from common.transformer import LayerConfig, LayerStack, TransformerLayer
 
 CFG = LayerConfig(d_model=32, num_heads=4, head_dim=8, d_ff=64)
 
@@ -82,3 +83,26 @@ def test_dropout_needs_key_and_is_deterministic_per_key():
 def test_unknown_remat_policy():
   with pytest.raises(ValueError, match="remat_policy"):
     _stack(True, "bogus")
+
+
+def test_cached_steps_with_precomputed_cross_kv_equal_the_whole_sequence():
+  """Decoding a row token by token (self-attention KV cache, cross-attention keys/values from
+  `project_kv`) gives the layer's whole-sequence outputs (T5's decoder step)."""
+  with nnx.use_eager_sharding(False):
+    layer = TransformerLayer(CFG, cross_attention=True, rngs=nnx.Rngs(3))
+  x, mask = _inputs()
+  seg = jnp.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
+  enc = jax.random.normal(jax.random.key(5), (2, 7, 32))
+  enc_seg = jnp.array([[1] * 7, [1] * 4 + [0] * 3])
+  mask = make_mask(seg, seg, causal=True)
+  want, _ = layer(x, mask=mask, encoded_BxSxD=enc, causal=True,
+                  cross_mask=make_mask(seg, enc_seg, causal=False))
+  cross_kv = layer.cross_attn.project_kv(enc)
+  cache = KVCache.zeros(2, 5, 4, 8, jnp.float32)
+  for t in range(5):
+    step_mask = make_mask(seg[:, t:t + 1], seg, causal=True, q_index=jnp.asarray([t]))
+    got, cache = layer(x[:, t:t + 1], mask=step_mask, cross_kv=cross_kv, cache=cache,
+                       cache_index=jnp.asarray(t),
+                       cross_mask=make_mask(seg[:, t:t + 1], enc_seg, causal=False))
+    real = np.asarray(seg[:, t] > 0)
+    np.testing.assert_allclose(got[real, 0], want[real, t], atol=1e-5)

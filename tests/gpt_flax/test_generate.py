@@ -1,9 +1,8 @@
 """GPT generation from a work dir: the CLI, sharded = single device, batch-invariant seeded
-sampling, filters through the decoding path, the cached `Decoder` = full forward at every
-position, phased cache growth, and bad input. (Greedy ragged batches are in test_network.py;
-the filters alone in tests/common/test_decoding.py.)"""
+sampling, filters through the decoding path, phased cache growth, and bad input. (Greedy
+ragged batches and the cached `Decoder` = full forward pass are in test_network.py; the
+sampler alone in tests/common/test_decoding.py.)"""
 
-import functools
 import json
 import os
 import random
@@ -16,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from flax import nnx
 
 from common import config as config_lib
 from common import decoding, train_state
@@ -123,23 +121,6 @@ def test_top_k_one_sampling_is_greedy(workdir):
   assert top1 == greedy
 
 
-def test_seeded_sampling_keeps_the_nucleus_and_follows_the_distribution():
-  probs = np.array([0.5, 0.3, 0.15, 0.05])
-  n = 4000
-  logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (n, 4))
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(n))
-
-  @functools.partial(jax.jit, static_argnames=("top_k", "top_p"))
-  def sample(logits, keys, top_k, top_p):  # arguments, not constants: XLA would fold the sort
-    return jnp.argmax(gen.sampling_logits(logits, keys, jnp.zeros(n, jnp.int32), temperature=1.0,
-                                          top_k=top_k, top_p=top_p, vocab_size=None), -1)
-  draw = lambda **kw: np.asarray(sample(logits, keys, **kw))
-  counts = np.bincount(draw(top_k=0, top_p=1.0), minlength=4) / n
-  np.testing.assert_allclose(counts, probs, atol=0.03)
-  assert set(draw(top_k=0, top_p=0.75)) == {0, 1}  # 0.5 + 0.3 is the smallest set >= 0.75
-  assert set(draw(top_k=3, top_p=0.85)) == {0, 1, 2}
-
-
 def test_bf16_params_cast_once_give_the_same_logits():
   cfg = get_config("tiny")
   cfg.model.dtype = "bfloat16"
@@ -151,44 +132,6 @@ def test_bf16_params_cast_once_give_the_same_logits():
             segment_ids_BxL=jnp.ones((2, 10), jnp.int32))
   logits = jax.jit(lambda p: setup.merge(p)(tokens, **kw))
   np.testing.assert_array_equal(logits(params), logits(gen.inference_params(params, "bfloat16")))
-
-
-@pytest.mark.parametrize("scan_layers,use_feature_major",
-                         [(True, True), (False, True), (False, False)])
-def test_unrolled_decoder_equals_the_full_forward_pass(scan_layers, use_feature_major):
-  """`Decoder` (what `_generate_jit` runs) re-implements the cached forward pass; each logit it
-  returns, after a ragged left-padded prefill and then one token at a time (feature-major, as
-  on CPU, or through the modules, as on TPU/GPU), equals the full forward pass over that row's
-  unpadded tokens at that position."""
-  cfg = get_config("tiny")
-  cfg.model.scan_layers = scan_layers
-  with nnx.use_eager_sharding(False):
-    net = GPTModel(cfg).make_network(nnx.Rngs(0))
-  rows = [list(map(int, jax.random.randint(jax.random.key(i), (n,), 4, 512)))
-          for i, n in enumerate((12, 9))]  # row 1's prompt is 3 tokens shorter: left-padded
-  prompt_len, steps = 5, 4
-  prompts = [rows[0][:prompt_len], rows[1][:prompt_len - 3]]
-  full = []
-  for row in rows:
-    t = jnp.asarray([row])
-    full.append(np.asarray(net(t, positions_BxL=jnp.arange(len(row))[None],
-                               segment_ids_BxL=jnp.ones_like(t))[0]))
-  decoder = gen.Decoder(net, use_feature_major=use_feature_major)
-  assert (decoder.step_weights is not None) == use_feature_major
-  cache = decoder.init_cache(2, prompt_len + steps)
-  tokens, mask = (jnp.asarray(a) for a in decoding.left_pad(prompts, length=prompt_len))
-  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-  logits, cache = decoder(tokens, positions, mask, cache)
-  assert logits.shape == (2, 1, cfg.model.vocab_size)
-  for i, p in enumerate(prompts):
-    np.testing.assert_allclose(logits[i, 0], full[i][len(p) - 1], rtol=1e-5, atol=1e-5)
-  for step in range(steps):  # feed each row's own next token
-    tok = jnp.asarray([[rows[i][len(p) + step]] for i, p in enumerate(prompts)], jnp.int32)
-    pos = jnp.asarray([[len(p) + step] for p in prompts], jnp.int32)
-    logits, cache = decoder(tok, pos, jnp.ones_like(tok), cache)
-    for i, p in enumerate(prompts):
-      np.testing.assert_allclose(logits[i, 0], full[i][len(p) + step], rtol=1e-5, atol=1e-5)
-  assert int(cache.index) == prompt_len + steps
 
 
 def test_bad_input(workdir, tmp_path):

@@ -1,15 +1,19 @@
-"""GPT network: ragged batched generation equals one-at-a-time; GPT-2 initialisation details.
-(Cached decoding = the full forward pass at every position: test_generate.py, `Decoder`.)"""
+"""GPT network: the cached `Decoder` equals the full forward pass at every position; ragged
+batched generation equals one-at-a-time; GPT-2 initialisation details."""
 
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
+from common import decoding
 from configs.gpt import get_config
 from gpt_flax.generate import generate_tokens
 from gpt_flax.model import GPTModel
+from gpt_flax.network import Decoder
 
 
 def _net():
@@ -61,3 +65,41 @@ def test_flops_and_param_counts():
   assert model.num_params() == n * per_layer + 2 * d  # + final layernorm
   seq = get_config("tiny").data.seq_len
   assert model.flops_per_token() == 6 * (model.num_params() + c.vocab_size * d) + 12 * n * d * seq
+
+
+@pytest.mark.parametrize("scan_layers,use_feature_major",
+                         [(True, True), (False, True), (False, False)])
+def test_unrolled_decoder_equals_the_full_forward_pass(scan_layers, use_feature_major):
+  """`Decoder` (what `gpt_flax.generate` runs) re-implements the cached forward pass; each logit it
+  returns, after a ragged left-padded prefill and then one token at a time (feature-major, as
+  on CPU, or through the modules, as on TPU/GPU), equals the full forward pass over that row's
+  unpadded tokens at that position."""
+  cfg = get_config("tiny")
+  cfg.model.scan_layers = scan_layers
+  with nnx.use_eager_sharding(False):
+    net = GPTModel(cfg).make_network(nnx.Rngs(0))
+  rows = [list(map(int, jax.random.randint(jax.random.key(i), (n,), 4, 512)))
+          for i, n in enumerate((12, 9))]  # row 1's prompt is 3 tokens shorter: left-padded
+  prompt_len, steps = 5, 4
+  prompts = [rows[0][:prompt_len], rows[1][:prompt_len - 3]]
+  full = []
+  for row in rows:
+    t = jnp.asarray([row])
+    full.append(np.asarray(net(t, positions_BxL=jnp.arange(len(row))[None],
+                               segment_ids_BxL=jnp.ones_like(t))[0]))
+  decoder = Decoder(net, use_feature_major=use_feature_major)
+  assert (decoder.step_weights is not None) == use_feature_major
+  cache = decoder.init_cache(2, prompt_len + steps)
+  tokens, mask = (jnp.asarray(a) for a in decoding.left_pad(prompts, length=prompt_len))
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  logits, cache = decoder(tokens, positions, mask, cache)
+  assert logits.shape == (2, 1, cfg.model.vocab_size)
+  for i, p in enumerate(prompts):
+    np.testing.assert_allclose(logits[i, 0], full[i][len(p) - 1], rtol=1e-5, atol=1e-5)
+  for step in range(steps):  # feed each row's own next token
+    tok = jnp.asarray([[rows[i][len(p) + step]] for i, p in enumerate(prompts)], jnp.int32)
+    pos = jnp.asarray([[len(p) + step] for p in prompts], jnp.int32)
+    logits, cache = decoder(tok, pos, jnp.ones_like(tok), cache)
+    for i, p in enumerate(prompts):
+      np.testing.assert_allclose(logits[i, 0], full[i][len(p) + step], rtol=1e-5, atol=1e-5)
+  assert int(cache.index) == prompt_len + steps
