@@ -1,9 +1,8 @@
 """BERT presets: `python -m bert_flax.train --config=configs/bert.py:<preset>`.
 
 tiny   - unit tests (seconds on a CPU)
-demo   - the CPU demo: pretrains on the Debian corpus, 700 steps x 32 rows x 128 tokens
-         (within the 20-minute budget on 2 idle cores; 800 steps took 25 min on cores shared
-         with a light job), then fine-tunes with `task=classify`
+demo   - the CPU demo: pretrains on the Debian corpus, 700 steps x 32 rows x 128 tokens, then
+         fine-tunes with `task=classify`
 bench  - the benchmark shape (vocab 8192, 6 layers, d 512, 8 heads, d_ff 2048, seq 256, batch 8)
 base   - BERT-Base (12 layers, d 768, 12 heads, d_ff 3072)
 large  - BERT-Large (24 layers, d 1024, 16 heads, d_ff 4096)
