@@ -14,11 +14,12 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from typing import Iterator
 
 import tensorflow_datasets as tfds
 from etils import epath
+
+from common.data.staging import staged_dir
 
 APT_LISTS_DIR = "/var/lib/apt/lists"
 APT_SOURCES = ("/etc/apt/sources.list", "/etc/apt/sources.list.d")
@@ -105,10 +106,7 @@ def snapshot_apt_lists(raw_dir: str, lists_dir: str = APT_LISTS_DIR) -> list[str
     raise FileNotFoundError(f"no *_i18n_Translation-en* lists in {lists_dir}; run "
                             f"'{' '.join(APT_UPDATE)}' with a Debian source configured")
 
-  parent = os.path.dirname(os.path.abspath(raw_dir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=".incomplete-" + os.path.basename(raw_dir))
-  try:
+  with staged_dir(raw_dir) as tmp:
     files = []
     for src in translations + packages:
       is_packages = src in packages
@@ -135,12 +133,6 @@ def snapshot_apt_lists(raw_dir: str, lists_dir: str = APT_LISTS_DIR) -> list[str
     }
     with open(os.path.join(tmp, PROVENANCE), "w") as f:
       json.dump(provenance, f, indent=2)
-    if os.path.exists(raw_dir):
-      shutil.rmtree(raw_dir)
-    os.replace(tmp, raw_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return [os.path.join(raw_dir, f["file"]) for f in files] + [os.path.join(raw_dir, PROVENANCE)]
 
 

