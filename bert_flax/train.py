@@ -69,6 +69,7 @@ def pretrain(cfg: ConfigDict, workdir: str, *, prepare: bool = False) -> trainer
       BertPretrainModel(cfg), cfg, workdir,
       make_train_iter=lambda: make_iter(d.train_split, train=True),
       make_eval_iter=lambda: make_iter(d.eval_split, train=False),
+      init_from=cfg.finetune.init_from or None,  # continued (e.g. domain-adaptive) pretraining
       on_start=lambda: RunDir(workdir).record(cfg, vocab),
       start_metrics=entry.skipped_records(train_source))
   ev = result.eval_metrics

@@ -103,6 +103,29 @@ def test_pretrain_then_finetune(data, pretrained, tmp_path, capsys):
   assert json.load(open(tmp_path / "labels.json"))["labels"] == ["neg", "pos"]
 
 
+def test_continued_pretraining_starts_from_init_from(data, pretrained, tmp_path, capsys):
+  """Domain-adaptive pretraining: MLM on another corpus (the labelled sentences' text) from the
+  pretraining checkpoint, not from a fresh init."""
+  workdir, _ = pretrained
+  root, _ = data
+  cfg = get_config("tiny")
+  cfg.seed = 1  # another fresh init than the pretraining's
+  cfg.data.update(dataset=f"jsonl:{root}/cls_{{split}}.jsonl", text_field="sentence",
+                  data_dir=str(root))
+  cfg.finetune.init_from = str(workdir)
+  cfg.train.num_steps = 2
+  cfg.optimizer.update(learning_rate=1e-9, weight_decay=0.0)  # params move by ~1e-9
+  run = train.run(cfg, str(tmp_path))
+  assert f"initialised from {workdir}" in capsys.readouterr().out
+  abstract, shard = run.setup.abstract_state["params"], run.setup.state_shardings["params"]
+  loaded, step, *_ = load_params(str(workdir), abstract, shard)
+  assert step == 6 and run.start_step == 0
+  for (k, a), b in zip(jax.tree_util.tree_leaves_with_path(run.state["params"]),
+                       jax.tree.leaves(loaded)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6,
+                               err_msg=jax.tree_util.keystr(k))
+
+
 def test_regression_head_on_a_validation_split_carved_from_train(data, pretrained, tmp_path):
   workdir, _ = pretrained
   cfg = _finetune_cfg(data, workdir, label_field="score", train_split="train[:75%]",
