@@ -85,10 +85,16 @@ def baseline(cfg: ConfigDict) -> tuple[str, float]:
           sum(key(r) == majority for r in test) / len(test))
 
 
+def adapt_text(cfg: ConfigDict, example: dict[str, Any]) -> str:
+  """A training example's text (both texts of a pair), its label left out."""
+  c = cfg.classify
+  return " ".join(example[f] for f in (c.text_field, c.text_pair_field) if f)
+
+
 FAMILY = transfer.Family(
     name="bert", default_preset="demo", metric="test_accuracy", metric_name="test accuracy",
     examples=examples, batch_size=lambda cfg: cfg.classify.batch_size, pretrain=pretrain,
-    finetune=finetune, baseline=baseline, repeat_data=True)
+    finetune=finetune, baseline=baseline, repeat_data=True, adapt_text=adapt_text)
 
 
 def cli_main() -> None:

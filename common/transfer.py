@@ -7,7 +7,10 @@ family (`bert_flax.transfer`, `t5x_lite.transfer` are thin modules over it).
 The grid: each label budget of `transfer.budgets` x init (the pretraining run, random) x seed
 of `transfer.seeds` is one fine-tuning run (a "cell") in OUT/cells/<init>_n<budget>_s<seed>.
 Pretraining (the config's `optimizer`/`train` sections) runs once into OUT/pretrain, or
-`--pretrained=DIR` reuses another run. A seed draws one order of the labelled training split;
+`--pretrained=DIR` reuses another run. With `transfer.adapt_steps` > 0 (families that define
+`adapt_text`), the pretrained model then continues its pretraining objective for that many
+steps on the text of the whole labelled training split, labels unused, into OUT/adapt
+(domain-/task-adaptive pretraining, Gururangan et al. 2020); the "pretrained" cells start there. A seed draws one order of the labelled training split;
 budget n takes its first n examples, so subsets are nested (the 100 lie inside the 300) and
 both inits of a seed see the same ones. Fine-tuning uses the config's `finetune` section, for
 steps = clip(transfer.epochs x n / batch, transfer.min_steps, transfer.max_steps): small
@@ -59,6 +62,9 @@ class Family:
   # Steps follow from epochs over the data (BERT fine-tuning): the cell's training file then
   # holds its subset repeated to fill them, in one epoch.
   repeat_data: bool = False
+  # (config, training example) -> its unlabelled text, for adaptive pretraining
+  # (`transfer.adapt_steps`).
+  adapt_text: Callable[[ConfigDict, dict[str, Any]], str] | None = None
 
 
 def parse_budgets(spec: str, n_train: int) -> list[int]:
@@ -134,20 +140,47 @@ class LabelledData:
     return path
 
 
-def _pretrain(family: Family, cfg: ConfigDict, out: str) -> tuple[str, dict]:
-  """OUT/pretrain, trained (or resumed) until done; its metrics are kept in pretrain.json."""
-  workdir = os.path.join(out, "pretrain")
-  record = os.path.join(out, "pretrain.json")
+def _pretrain(family: Family, cfg: ConfigDict, out: str, name: str = "pretrain"
+              ) -> tuple[str, dict]:
+  """OUT/<name>, trained (or resumed) until done; its metrics are kept in <name>.json."""
+  workdir = os.path.join(out, name)
+  record = os.path.join(out, f"{name}.json")
   if os.path.exists(record) and RunDir(workdir).latest_step() == cfg.train.num_steps:
     with open(record) as f:
       return workdir, json.load(f)
-  print(f"pretraining {family.name} for {cfg.train.num_steps} steps in {workdir}", flush=True)
+  print(f"{name}: training {family.name} for {cfg.train.num_steps} steps in {workdir}",
+        flush=True)
   t0 = time.time()
   metrics = family.pretrain(cfg, workdir) | {"steps": cfg.train.num_steps,
                                              "wall_s": round(time.time() - t0, 1)}
   with open(record, "w") as f:
     json.dump(metrics, f, indent=2)
   return workdir, metrics
+
+
+def _adapt(family: Family, cfg: ConfigDict, out: str, pretrained: str, data: LabelledData
+           ) -> tuple[str, dict]:
+  """OUT/adapt: `transfer.adapt_steps` more pretraining steps from `pretrained` on the text of
+  the labelled training split (validation split's text for its evaluation), or `pretrained`
+  itself when adapt_steps is 0."""
+  steps = cfg.transfer.get("adapt_steps", 0)
+  if not steps:
+    return pretrained, {}
+  if family.adapt_text is None:
+    raise ValueError(f"transfer.adapt_steps={steps}: the {family.name} grid has no adaptive "
+                     "pretraining; set it to 0")
+  corpus = os.path.join(data.dir, "adapt")
+  os.makedirs(corpus, exist_ok=True)
+  for role, rows in (("train", data.rows), ("validation", family.examples(cfg, "validation"))):
+    _write_jsonl(os.path.join(corpus, f"{role}.jsonl"),
+                 [{"text": family.adapt_text(cfg, r)} for r in rows])
+  c = ConfigDict(cfg.to_dict())
+  c.data.update(dataset=f"jsonl:{corpus}/{{split}}.jsonl", text_field="text",
+                train_split="train", eval_split="validation", tokenizer="")
+  c.finetune.init_from = pretrained  # its tokenizer too
+  c.train.update(num_steps=steps, eval_every=steps, checkpoint_every=steps)
+  workdir, metrics = _pretrain(family, c, out, "adapt")
+  return workdir, metrics | {"from": pretrained}
 
 
 def run_cell(family: Family, cfg: ConfigDict, data: LabelledData, pretrained: str, init: str,
@@ -218,6 +251,10 @@ def run_grid(family: Family, cfg: ConfigDict, out: str, pretrained: str | None =
   else:
     pretrained, pre_metrics = _pretrain(family, cfg, out)
   print(f"pretraining: {json.dumps(pre_metrics)}", flush=True)
+  pretrained, adapt_metrics = _adapt(family, cfg, out, pretrained, data)
+  if adapt_metrics:
+    pre_metrics = pre_metrics | {"adapt": adapt_metrics}
+    print(f"adaptive pretraining: {json.dumps(adapt_metrics)}", flush=True)
   rows = []
   for seed in seeds:
     for n in budgets:

@@ -47,8 +47,10 @@ def get_config(preset: str = "demo") -> ConfigDict:
   c.finetune.update(learning_rate=1e-4, schedule="linear", warmup_ratio=0.1)
   # Learning curves (`python -m bert_flax.transfer`): fine-tuning steps per label budget n are
   # clip(epochs x n / classify.batch_size, min_steps, max_steps).
+  # adapt_steps: MLM steps on the text of the labelled training split (labels unused) between
+  # pretraining and the "pretrained" cells (task-adaptive pretraining; 0: none).
   c.transfer = ConfigDict(dict(budgets="100,300,1000,3000,all", seeds="0,1,2", epochs=3,
-                               min_steps=150, max_steps=760))
+                               min_steps=150, max_steps=760, adapt_steps=600))
   # BERT's AdamW: beta2 0.999, eps 1e-6, weight decay 0.01, linear warmup then linear decay.
   c.optimizer.update(b2=0.999, eps=1e-6, weight_decay=0.01, schedule="linear", end_lr_ratio=0.0)
   if preset == "tiny":
@@ -60,7 +62,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.optimizer.update(learning_rate=1e-3, warmup_steps=2)
     c.classify.update(seq_len=32, batch_size=8, epochs=2)
     c.finetune.learning_rate = 1e-3
-    c.transfer.update(budgets="16,all", seeds="0", min_steps=2, max_steps=4)
+    c.transfer.update(budgets="16,all", seeds="0", min_steps=2, max_steps=4, adapt_steps=2)
   elif preset == "demo":
     # fp32: on CPUs without avx512_bf16 (as these VMs expose) bf16 compute is slower.
     c.model = _model(4, 256, 4, 1024, 8192, scan_layers=False)

@@ -5,6 +5,7 @@ grid (`common.transfer`) runs, skips finished cells, and writes its CSV, table a
 import csv
 import dataclasses
 import functools
+import json
 import os
 import random
 import subprocess
@@ -171,6 +172,15 @@ def test_bert_grid_runs_skips_finished_cells_and_plots(corpus, bert_grid, capsys
   assert [(r["init"], r["budget"], r["seed"]) for r in rows] == [
       ("pretrained", 16, 0), ("random", 16, 0), ("pretrained", 64, 0), ("random", 64, 0)]
   assert len(calls) == 4 and all(0 <= r["test_accuracy"] <= 1 for r in rows)
+  # Adaptive pretraining: 2 MLM steps from OUT/pretrain on the 64 training sentences' text
+  # (labels left out); the pretrained cells start there, the random ones from nothing.
+  adapt = RunDir(str(out / "adapt"))
+  assert adapt.latest_step() == 2 and adapt.config().finetune.init_from == str(out / "pretrain")
+  texts = [json.loads(l) for l in open(out / "data" / "adapt" / "train.jsonl")]
+  assert len(texts) == 64 and all(list(t) == ["text"] and t["text"].endswith(".") for t in texts)
+  inits = {c: RunDir(str(out / "cells" / c)).config().finetune.init_from
+           for c in ("pretrained_n16_s0", "random_n16_s0")}
+  assert inits == {"pretrained_n16_s0": str(out / "adapt"), "random_n16_s0": ""}
   # 16 labels: 4 steps of 16 = the subset 4 times, in one epoch; all 64 labels once.
   assert [r["steps"] for r in rows] == [4, 4, 4, 4]
   sub16 = open(out / "data" / "n16_s0" / "train.jsonl").read().splitlines()
@@ -189,7 +199,7 @@ def test_bert_grid_runs_skips_finished_cells_and_plots(corpus, bert_grid, capsys
   assert len(calls) == 4 and again == rows
   assert os.path.getsize(out / "transfer.png") > 0
   printed = capsys.readouterr().out
-  assert printed.count("(done before)") == 4 and "pretraining bert" not in printed
+  assert printed.count("(done before)") == 4 and "training bert" not in printed
   assert "majority class" in printed
   # Another recipe in the same directory would mix cells: refused.
   other = _bert_cfg(corpus)
