@@ -39,8 +39,9 @@ setup(
     extras_require={
         # torch/transformers: logit-parity tests of the Hugging Face converters. torch==2.13.0 is
         # the CPU wheel these machines carry locally; a looser pin would pull a CUDA build.
-        "test": ["pytest>=8,<10", "tensorboard>=2.16,<3", "portpicker>=1.6,<2",
-                 "torch==2.13.0", "transformers>=5.0,<6"],
+        # pytest-xdist: run_tests.sh runs one worker per core.
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "tensorboard>=2.16,<3",
+                 "portpicker>=1.6,<2", "torch==2.13.0", "transformers>=5.0,<6"],
         # Ahead-of-time compilation for TPU slices and GPU hosts on a CPU machine (common/aot):
         # libtpu's and the CUDA plugin's compilers (395 MB of wheels, 1.2 GB installed; the
         # CUDA libraries themselves are not needed to compile).

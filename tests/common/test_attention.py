@@ -1,6 +1,7 @@
 """Masks (causal, packed segments, padding) against brute force; attention never crosses
 a document boundary; the KV cache reproduces full attention."""
 
+import functools
 import itertools
 
 import jax
@@ -97,6 +98,7 @@ def test_causal_blocks_equal_full_causal_attention():
   bias = jax.random.normal(jax.random.key(9), (1, 2, 12, 12))
   drop = nnx.Dropout(0.0)
 
+  @functools.partial(jax.jit, static_argnums=0)  # one program per blocks value, not op by op
   def f(blocks):
     def loss(q, k, v, bias):
       out = heads_major_attention(q, k, v, mask=mask, bias=bias, scale=0.5, dropout=drop,
