@@ -196,9 +196,7 @@ def define_flags(holder: list) -> None:
   flags.DEFINE_integer("max_compiles", 4, "--plan: compile at most this many candidates.")
 
 
-def main(holder: list, argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+def main(holder: list) -> None:
   f = flags.FLAGS
   jax.config.update("jax_platforms", "cpu")   # the target's devices are described, not used
   spec = config_flags.get_config_filename(f["config"])

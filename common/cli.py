@@ -90,10 +90,16 @@ def _drop_closed_loop_callbacks() -> None:
   sys.unraisablehook = hook
 
 
-def run(main: Callable[[list[str]], None], define_flags: Callable[[], None] | None = None,
+def _no_positional(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}")
+
+
+def run(main: Callable[[], None], define_flags: Callable[[], None] | None = None,
         *, argv_check: Callable[[list[str]], None] | None = None) -> None:
   """A command's `cli()`: re-exec under tcmalloc, define flags, check argv (e.g. config keys)
-  before absl parses it, then run `main(argv)` with a quiet console and one-line errors."""
+  before absl parses it, refuse positional arguments, then run `main()` with a quiet console
+  and one-line errors."""
   allocator.reexec_with_tcmalloc()
   if define_flags is not None:
     define_flags()
@@ -103,7 +109,8 @@ def run(main: Callable[[list[str]], None], define_flags: Callable[[], None] | No
   def _main(argv: list[str]) -> None:
     quiet_console()
     _drop_closed_loop_callbacks()
-    exit_on_error(main)(argv)
+    exit_on_error(_no_positional)(argv)
+    exit_on_error(main)()
 
   app.run(_main, flags_parser=_parse_flags)
 

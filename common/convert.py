@@ -193,9 +193,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("step", None, "Export: checkpoint step (default: latest).")
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+def main() -> None:
   f = flags.FLAGS
   if not f.workdir:
     raise ValueError("--workdir is required")

@@ -152,9 +152,7 @@ def make_cli(run: Callable[..., Any], family: str, default_preset: str) -> Calla
     holder.append(config_flags.DEFINE_config_file(
         "config", default_spec, f"{family} config file[:preset]", lock_config=True))
 
-  def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-      raise ValueError(f"unexpected arguments {argv[1:]}")
+  def main() -> None:
     config_lib.validate(holder[0].value)
     init_distributed()
     run(holder[0].value, workdir(), prepare=FLAGS.prepare)

@@ -67,9 +67,7 @@ def define_flags() -> None:
   flags.DEFINE_string("target_field", "target", "Field holding the reference.")
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+def main() -> None:
   f = flags.FLAGS
   if not f.predictions:
     raise ValueError("--predictions is required")

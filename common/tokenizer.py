@@ -130,9 +130,7 @@ def train_from_dataset(dataset: str, data_dir: str, output: str, *, vocab_size: 
   return path
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+def main() -> None:
   f = flags.FLAGS
   for name in ("dataset", "output"):
     if not f[name].value:

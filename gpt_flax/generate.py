@@ -223,9 +223,7 @@ def read_prompts(prompts: list[str], path: str | None, field: str) -> list[str]:
   return out
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+def main() -> None:
   f = flags.FLAGS
   prompts = read_prompts(f.prompt, f.prompts_file, f.prompt_field)
   check_sampling(max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_k=f.top_k,

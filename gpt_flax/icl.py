@@ -187,9 +187,7 @@ def parse_shots(spec: str) -> list[int]:
   return shots
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+def main() -> None:
   f = flags.FLAGS
   task = task_from_flags()
   shots = parse_shots(f.shots)

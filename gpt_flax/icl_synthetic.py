@@ -128,9 +128,7 @@ def commands(directory: str, specs: dict[str, str]) -> str:
   ])
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+def main() -> None:
   if not flags.FLAGS.output_dir:
     raise ValueError("--output_dir is required")
   directory = os.path.abspath(flags.FLAGS.output_dir)

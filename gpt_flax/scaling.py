@@ -154,9 +154,7 @@ def sweep_from_flags() -> Sweep:
   return sweep
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+def main() -> None:
   f = flags.FLAGS
   if not f.workdir:
     raise ValueError("--workdir is required")

@@ -11,6 +11,7 @@ import numpy as np
 
 from gpt_flax import scaling_fit
 
+
 def _fit_label(fit: dict, key: str, what: str) -> str:
   v, ci = fit["value"][key], fit["ci68"].get(key)
   err = f" ± {(ci[1] - ci[0]) / 2:.3f}" if ci else ""
@@ -27,6 +28,18 @@ def _plain_y(ax) -> None:
   ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
+def _draw_power_fits(ax, xs: np.ndarray, fits: dict, var: str) -> None:
+  """The pure power law (dashed) and power law + constant (solid) fitted over `var`."""
+  if "value" in fits["power"]:
+    p = fits["power"]["value"]
+    ax.plot(xs, p["k"] * xs ** -p["alpha"], "k--", lw=1,
+            label=_fit_label(fits["power"], "alpha", f"({var}_c/{var})^α"))
+  if "value" in fits["power+E"]:
+    p = fits["power+E"]["value"]
+    ax.plot(xs, p["E"] + p["A"] * xs ** -p["alpha"], "k-", lw=1,
+            label=_fit_label(fits["power+E"], "alpha", f"E + A/{var}^α, E={p['E']:.2f}"))
+
+
 def _draw_loss_vs_params(ax, records, fit, cmap_d) -> None:
   n, loss = np.array([r["N"] for r in records]), np.array([r["val_loss"] for r in records])
   d = np.array([r["D"] for r in records])
@@ -36,14 +49,7 @@ def _draw_loss_vs_params(ax, records, fit, cmap_d) -> None:
                zorder=3)
   xs = np.geomspace(n.min() / 1.3, n.max() * 1.3, 100)
   lf = fit["L_N"]
-  if "value" in lf["power"]:
-    p = lf["power"]["value"]
-    ax.plot(xs, p["k"] * xs ** -p["alpha"], "k--", lw=1,
-            label=_fit_label(lf["power"], "alpha", "(N_c/N)^α"))
-  if "value" in lf["power+E"]:
-    p = lf["power+E"]["value"]
-    ax.plot(xs, p["E"] + p["A"] * xs ** -p["alpha"], "k-", lw=1,
-            label=_fit_label(lf["power+E"], "alpha", f"E + A/N^α, E={p['E']:.2f}"))
+  _draw_power_fits(ax, xs, lf, "N")
   ax.set(xscale="log", yscale="log", xlabel="non-embedding parameters N",
          ylabel="validation loss (nats/token)",
          title=f"Loss vs model size (fit at D = {lf['D'] / 1e6:.2g}M tokens)")
@@ -63,15 +69,7 @@ def _draw_loss_vs_compute(ax, records, curves, fit, cmap_n) -> None:
   fr = fit["L_C"]["frontier"]
   ax.plot(c[fr], loss[fr], "o", mfc="none", mec="k", ms=9, label="compute frontier")
   xs = np.geomspace(c.min() / 1.3, c.max() * 1.3, 100)
-  lf = fit["L_C"]
-  if "value" in lf["power"]:
-    p = lf["power"]["value"]
-    ax.plot(xs, p["k"] * xs ** -p["alpha"], "k--", lw=1,
-            label=_fit_label(lf["power"], "alpha", "(C_c/C)^α"))
-  if "value" in lf["power+E"]:
-    p = lf["power+E"]["value"]
-    ax.plot(xs, p["E"] + p["A"] * xs ** -p["alpha"], "k-", lw=1,
-            label=_fit_label(lf["power+E"], "alpha", f"E + A/C^α, E={p['E']:.2f}"))
+  _draw_power_fits(ax, xs, fit["L_C"], "C")
   ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)",
          ylabel="validation loss", title="Loss vs compute (lines: eval during training)")
   _plain_y(ax)

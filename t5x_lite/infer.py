@@ -75,9 +75,7 @@ def read_inputs(cfg, vocab, spec: str, num: int):
   return texts, ids, targets if all(t is not None for t in targets) else None
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+def main() -> None:
   if not FLAGS.output:
     raise ValueError("--output is required")
   run = load_run(entry.workdir())

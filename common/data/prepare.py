@@ -17,9 +17,7 @@ from common.config import DEFAULT_DATA_DIR
 DATASETS = ("debian", "sentiment")
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+def main() -> None:
   f = flags.FLAGS
   if f.dataset not in DATASETS:
     raise ValueError(f"--dataset={f.dataset} cannot be prepared here; choices: {DATASETS} "

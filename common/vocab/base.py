@@ -41,6 +41,25 @@ class Vocabulary(Protocol):
   def save_to(self, directory: str) -> str: ...
 
 
+class RoleIds:
+  """The [CLS] / [SEP] / [MASK] ids of a backend, from its `role_id("cls" | "sep" | "mask")`."""
+
+  def role_id(self, role: str) -> int:
+    raise NotImplementedError
+
+  @property
+  def cls_id(self) -> int:
+    return self.role_id("cls")
+
+  @property
+  def sep_id(self) -> int:
+    return self.role_id("sep")
+
+  @property
+  def mask_id(self) -> int:
+    return self.role_id("mask")
+
+
 def sidecar_path(model_path: str) -> str:
   """`X.model` -> `X.json`: where metadata (extra_ids, provenance) about a model lives."""
   return os.path.splitext(model_path)[0] + ".json"

@@ -21,7 +21,7 @@ import sentencepiece as spm
 from absl import logging
 from tokenizers import Tokenizer
 
-from common.vocab.base import Vocabulary, atomic_write_bytes
+from common.vocab.base import RoleIds, Vocabulary, atomic_write_bytes
 from common.vocab.spm_vocab import NoBosSentencePieceVocab, SentencePieceVocab
 
 ROLES = ("pad", "eos", "unk", "bos", "cls", "sep", "mask")
@@ -62,7 +62,7 @@ def hf_special_tokens(hf_dir: str) -> dict[str, str]:
   return out
 
 
-class TokenizersVocab:
+class TokenizersVocab(RoleIds):
   """A `tokenizer.json` behind the `Vocabulary` protocol (no bos/eos added by `encode`).
   `extra_ids` counts its T5 sentinels <extra_id_0>, <extra_id_1>, ... (0 for most)."""
 
@@ -95,7 +95,7 @@ class TokenizersVocab:
       raise ValueError(f"tokenizer '{path}' has no token for {missing}; name them in "
                        f"{meta_path(path)} under 'special_tokens' (e.g. {{\"eos\": \"</s>\"}})")
     self.pad_id, self.eos_id, self.unk_id, self.bos_id = (
-        self._id(r) for r in ("pad", "eos", "unk", "bos"))
+        self.role_id(r) for r in ("pad", "eos", "unk", "bos"))
     self.extra_ids = 0
     while self._tok.token_to_id(f"<extra_id_{self.extra_ids}>") is not None:
       self.extra_ids += 1
@@ -112,22 +112,10 @@ class TokenizersVocab:
         specials = json.load(f).get("special_tokens")
     return cls(path, specials)
 
-  def _id(self, role: str) -> int:
+  def role_id(self, role: str) -> int:
     if role not in self.special_tokens:
       raise ValueError(f"tokenizer '{self.path}' has no {role} token")
     return self._tok.token_to_id(self.special_tokens[role])
-
-  @property
-  def cls_id(self) -> int:
-    return self._id("cls")
-
-  @property
-  def sep_id(self) -> int:
-    return self._id("sep")
-
-  @property
-  def mask_id(self) -> int:
-    return self._id("mask")
 
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids

@@ -13,7 +13,7 @@ from typing import Iterable
 import sentencepiece as spm
 
 from common.vocab.base import (BOS_ID, CONTROL_SYMBOLS, EOS_ID, PAD_ID, SENTINEL_RE, UNK_ID,
-                               atomic_write_bytes, sidecar_path)
+                               RoleIds, atomic_write_bytes, sidecar_path)
 
 
 def _processor(model_path: str) -> spm.SentencePieceProcessor:
@@ -24,7 +24,7 @@ def _processor(model_path: str) -> spm.SentencePieceProcessor:
                      f"{' '.join(str(e).split())[:200]})") from None
 
 
-class SentencePieceVocab:
+class SentencePieceVocab(RoleIds):
   """SentencePiece model (pad 0 / eos 1 / unk 2 / bos 3) plus `extra_ids` T5 sentinels."""
 
   def __init__(self, model_path: str, extra_ids: int = 0):
@@ -52,25 +52,14 @@ class SentencePieceVocab:
     """`model_path` under the name every backend has (`TokenizersVocab.path`)."""
     return self.model_path
 
-  def _control_id(self, piece: str) -> int:
+  def role_id(self, role: str) -> int:
+    piece = f"[{role.upper()}]"
     i = self._sp.piece_to_id(piece)
     if i == self.unk_id or not self._sp.is_control(i):
       raise ValueError(f"SentencePiece model '{self.model_path}' has no control symbol "
               f"{piece!r}; retrain it with common.tokenizer (it adds "
               f"{CONTROL_SYMBOLS})")
     return i
-
-  @property
-  def cls_id(self) -> int:
-    return self._control_id("[CLS]")
-
-  @property
-  def sep_id(self) -> int:
-    return self._control_id("[SEP]")
-
-  @property
-  def mask_id(self) -> int:
-    return self._control_id("[MASK]")
 
   def encode(self, text: str) -> list[int]:
     """Token ids for `text`; no bos/eos added (the data pipeline decides that)."""
