@@ -20,7 +20,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from bert_flax import train
-from common import transfer
+from common import transfer, transfer_data
 from common.data import classification as cls_data
 
 ROLES = {"train": "train_split", "validation": "eval_split", "test": "test_split"}
@@ -39,7 +39,7 @@ def examples(cfg: ConfigDict, role: str) -> list[dict[str, Any]]:
   rows = source.__getitems__(list(range(len(source))))
   cls_data.Fields(text=c.text_field, label=c.label_field, text_pair=c.text_pair_field).check(
       rows[0], f"{c.dataset} split {split!r}")
-  return [{k: transfer.jsonable(ex[k]) for k in _fields(c)} for ex in rows]
+  return [{k: transfer_data.jsonable(ex[k]) for k in _fields(c)} for ex in rows]
 
 
 def _labels(cfg: ConfigDict) -> str:
@@ -59,12 +59,10 @@ def pretrain(cfg: ConfigDict, workdir: str) -> dict[str, float]:
 
 def finetune(cfg: ConfigDict, data_dir: str, cell: str, steps: int) -> dict[str, float]:
   """One epoch over the cell's training file (its subset repeated to fill `steps`)."""
-  c = ConfigDict(cfg.to_dict())
-  c.task = "classify"
-  c.classify.update(dataset=f"jsonl:{data_dir}/{{split}}.jsonl", train_split="train",
-                    eval_split="validation", test_split="test", epochs=1, labels=_labels(cfg))
-  c.data.dataset = c.classify.dataset  # the pretraining dataset is not this run's data
-  result = train.run(c, cell)
+  cfg.task = "classify"
+  cfg.classify.update(**transfer_data.cell_data(data_dir), epochs=1, labels=_labels(cfg))
+  cfg.data.dataset = cfg.classify.dataset  # the pretraining dataset is not this run's data
+  result = train.run(cfg, cell)
   with open(os.path.join(cell, "results.json")) as f:
     report = json.load(f)
   out = {"steps": result.history[-1]["step"] if result.history else 0,

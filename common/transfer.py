@@ -30,12 +30,12 @@ import os
 import time
 from typing import Any, Callable
 
-import numpy as np
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
 from common import cli
 from common import config as config_lib
+from common import transfer_data
 from common import transfer_report as report
 from common.rundir import RunDir
 from common.transfer_report import INITS
@@ -51,11 +51,11 @@ class Family:
   metric: str                    # the cell result the table and plot compare
   metric_name: str               # its axis label
   # The labelled examples of a role ("train", "validation", "test"), as JSON-able dicts.
-  examples: Callable[[ConfigDict, str], list[dict[str, Any]]]
+  examples: transfer_data.Examples
   batch_size: Callable[[ConfigDict], int]
   pretrain: Callable[[ConfigDict, str], dict[str, float]]
-  # (config with finetune.init_from and seed set, data dir of {role}.jsonl, cell dir, steps)
-  # -> the cell's metrics
+  # (the cell's own copy of the config, finetune.init_from and seed set; data dir of
+  # {role}.jsonl (`transfer_data.cell_data`); cell dir; steps) -> the cell's metrics
   finetune: Callable[[ConfigDict, str, str, int], dict[str, float]]
   baseline: Callable[[ConfigDict], tuple[str, float]]     # (what it is, its metric)
   extra: tuple[str, ...] = ()    # further cell results the table averages
@@ -95,51 +95,6 @@ def finetune_steps(t: ConfigDict, n: int, batch_size: int) -> int:
   return min(max(math.ceil(t.epochs * n / batch_size), t.min_steps), t.max_steps)
 
 
-def jsonable(value: Any) -> Any:
-  """A field of a TFDS / JSONL example as JSON (text comes back from TFDS as bytes)."""
-  if isinstance(value, bytes):
-    return value.decode("utf-8")
-  return value.item() if isinstance(value, np.generic) else value
-
-
-def _write_jsonl(path: str, rows: list[dict[str, Any]], repeat: int = 1) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for _ in range(repeat):
-      for row in rows:
-        f.write(json.dumps(row) + "\n")
-  os.replace(tmp, path)
-
-
-class LabelledData:
-  """OUT/data: the full evaluation splits once, and per (seed, budget) the seeded subset of
-  the labelled training split, as the JSONL files cells fine-tune on."""
-
-  def __init__(self, family: Family, cfg: ConfigDict, out: str):
-    self.dir = os.path.join(out, "data")
-    os.makedirs(self.dir, exist_ok=True)
-    self.rows = family.examples(cfg, "train")
-    for role in ("validation", "test"):
-      path = os.path.join(self.dir, f"{role}.jsonl")
-      if not os.path.exists(path):
-        _write_jsonl(path, family.examples(cfg, role))
-
-  def subset(self, seed: int, n: int) -> list[dict[str, Any]]:
-    """The first n of the seed's order: nested across budgets."""
-    order = np.random.default_rng([seed, 2024]).permutation(len(self.rows))
-    return [self.rows[i] for i in order[:n]]
-
-  def write(self, seed: int, n: int, repeat: int) -> str:
-    path = os.path.join(self.dir, f"n{n}_s{seed}")
-    os.makedirs(path, exist_ok=True)
-    _write_jsonl(os.path.join(path, "train.jsonl"), self.subset(seed, n), repeat)
-    for role in ("validation", "test"):
-      link = os.path.join(path, f"{role}.jsonl")
-      if not os.path.lexists(link):
-        os.symlink(os.path.join("..", f"{role}.jsonl"), link)
-    return path
-
-
 def _pretrain(family: Family, cfg: ConfigDict, out: str, name: str = "pretrain"
               ) -> tuple[str, dict]:
   """OUT/<name>, trained (or resumed) until done; its metrics are kept in <name>.json."""
@@ -158,7 +113,7 @@ def _pretrain(family: Family, cfg: ConfigDict, out: str, name: str = "pretrain"
   return workdir, metrics
 
 
-def _adapt(family: Family, cfg: ConfigDict, out: str, pretrained: str, data: LabelledData
+def _adapt(family: Family, cfg: ConfigDict, out: str, pretrained: str, data: transfer_data.LabelledData
            ) -> tuple[str, dict]:
   """OUT/adapt: `transfer.adapt_steps` more pretraining steps from `pretrained` on the text of
   the labelled training split (validation split's text for its evaluation), or `pretrained`
@@ -172,7 +127,7 @@ def _adapt(family: Family, cfg: ConfigDict, out: str, pretrained: str, data: Lab
   corpus = os.path.join(data.dir, "adapt")
   os.makedirs(corpus, exist_ok=True)
   for role, rows in (("train", data.rows), ("validation", family.examples(cfg, "validation"))):
-    _write_jsonl(os.path.join(corpus, f"{role}.jsonl"),
+    transfer_data.write_jsonl(os.path.join(corpus, f"{role}.jsonl"),
                  [{"text": family.adapt_text(cfg, r)} for r in rows])
   c = ConfigDict(cfg.to_dict())
   c.data.update(dataset=f"jsonl:{corpus}/{{split}}.jsonl", text_field="text",
@@ -183,7 +138,7 @@ def _adapt(family: Family, cfg: ConfigDict, out: str, pretrained: str, data: Lab
   return workdir, metrics | {"from": pretrained}
 
 
-def run_cell(family: Family, cfg: ConfigDict, data: LabelledData, pretrained: str, init: str,
+def run_cell(family: Family, cfg: ConfigDict, data: transfer_data.LabelledData, pretrained: str, init: str,
              n: int, seed: int, cells: str) -> dict[str, Any]:
   """One fine-tuning run, or its recorded result when it finished before."""
   cell = os.path.join(cells, f"{init}_n{n}_s{seed}")
@@ -244,7 +199,7 @@ def run_grid(family: Family, cfg: ConfigDict, out: str, pretrained: str | None =
   out = os.path.abspath(out)
   os.makedirs(out, exist_ok=True)
   check_same_config(cfg, out)
-  data = LabelledData(family, cfg, out)
+  data = transfer_data.LabelledData(family.examples, cfg, out)
   budgets = parse_budgets(t.budgets, len(data.rows))
   if pretrained:
     pre_metrics = {"reused": pretrained}
@@ -296,9 +251,7 @@ def define_flags(family: Family) -> None:
                       "pretraining into OUT/pretrain.")
 
 
-def main(family: Family, argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+def main(family: Family) -> None:
   if not FLAGS.out:
     raise ValueError("--out is required")
   cfg = FLAGS.config
@@ -310,5 +263,5 @@ def main(family: Family, argv: list[str]) -> None:
 
 def cli_main(family: Family) -> None:
   spec = os.path.join(config_lib.CONFIG_DIR, f"{family.name}.py:{family.default_preset}")
-  cli.run(lambda argv: main(family, argv), lambda: define_flags(family),
+  cli.run(lambda: main(family), lambda: define_flags(family),
           argv_check=lambda argv: config_lib.check_overrides(argv, spec))

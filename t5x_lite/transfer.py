@@ -19,7 +19,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from common import entry, transfer
+from common import entry, transfer, transfer_data
 from common.data.seq2seq import field_text
 from common.data.sources import open_source
 from common.rouge import rouge
@@ -49,13 +49,11 @@ def pretrain(cfg: ConfigDict, workdir: str) -> dict[str, float]:
   return {"loss": ev["loss"], "token_accuracy": ev["correct"]}
 
 
-def finetune(cfg: ConfigDict, data_dir: str, cell: str, steps: int) -> dict[str, float]:
+def finetune(c: ConfigDict, data_dir: str, cell: str, steps: int) -> dict[str, float]:
   """`steps` of summarize fine-tuning, then beam search on the test items."""
-  c = ConfigDict(cfg.to_dict())
   c.task = "summarize"
-  c.data.update(dataset=f"jsonl:{data_dir}/{{split}}.jsonl", input_field=INPUT,
-                target_field=TARGET, train_split="train", eval_split="validation",
-                test_split="test", truncate_targets=True)  # a subset's longest synopsis
+  c.data.update(**transfer_data.cell_data(data_dir), input_field=INPUT, target_field=TARGET,
+                truncate_targets=True)  # a subset's longest synopsis
   # may pass max_target_len: training truncates it, ROUGE still scores the full reference
   c.train.update(num_steps=steps, eval_every=steps, checkpoint_every=steps,
                  log_every=min(c.train.log_every, steps))
