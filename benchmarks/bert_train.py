@@ -34,15 +34,14 @@ import statistics
 import sys
 import time
 
-if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-  sys.exit("error: unset --xla_force_host_platform_device_count: this benchmark uses the real "
-           "devices")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import harness  # noqa: E402  (imports no JAX)
+
+harness.use_real_cpu()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bert_flax.masking import MaskingConfig, mask_batch  # noqa: E402
 from bert_flax.model import BertPretrainModel  # noqa: E402
@@ -51,7 +50,6 @@ from common import allocator, steps, train_state  # noqa: E402
 from common.partitioning import Partitioner  # noqa: E402
 from configs.bert import get_config  # noqa: E402
 
-PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 PAD, CLS, SEP, MASK = 0, 4, 5, 6
 
 
@@ -70,10 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--hf_attn", default="sdpa", help="HF attn_implementation (sdpa or eager)")
   p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
-  a.precisions = [x.strip() for x in a.precisions.split(",") if x.strip()]
-  for x in a.precisions:
-    if x not in PRECISIONS:
-      p.error(f"--precisions: unknown {x!r}; valid: fp32, bf16")
+  a.precisions = harness.parse_precisions(p, a.precisions)
   if min(a.steps, a.trials, a.batch, a.seq) < 1 or a.warmup < 0:
     p.error("--steps, --trials, --batch, --seq must be >= 1; --warmup >= 0")
   return a
@@ -210,26 +205,10 @@ class HFRunner:
     return sum(p.numel() for p in self.model.parameters())
 
 
-def cpu_seconds() -> float:
-  t = os.times()
-  return t.user + t.system
-
-
-def time_trial(r, steps: int, tokens_per_step: int) -> tuple[float, float, float]:
-  """(tokens/s, CPU cores used, final loss) over `steps` steps."""
-  r.sync()
-  c0, t0 = cpu_seconds(), time.perf_counter()
-  for _ in range(steps):
-    r.step()
-  loss = r.sync()
-  dt, dc = time.perf_counter() - t0, cpu_seconds() - c0
-  return steps * tokens_per_step / dt, dc / dt, loss
-
-
 def main(argv=None) -> None:
   args = parse_args(argv)
   import torch
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  cores = harness.cores()
   torch.set_num_threads(args.threads or cores)
   base = bench_config(args.batch, args.seq, "float32")
   batches = make_batches(4, base, args.seed)
@@ -237,7 +216,7 @@ def main(argv=None) -> None:
   flops_per_token = BertPretrainModel(base).flops_per_token()
   runners = []
   for prec in args.precisions:
-    dtype = PRECISIONS[prec]
+    dtype = harness.PRECISIONS[prec]
     if args.only != "hf":
       runners.append(OursRunner("ours", prec, bench_config(args.batch, args.seq, dtype), batches))
       if not args.no_allpos:
@@ -263,7 +242,7 @@ def main(argv=None) -> None:
         f"({tokens_per_step} tokens/step, {base.pretrain.max_predictions} predictions/row); "
         "params: " + ", ".join(f"{r.name} {r.num_params():,}" for r in runners[:1] + hf[:1]))
   print(f"# flops/token {flops_per_token / 1e6:.1f} MFLOP; peak "
-        + ", ".join(f"{p} {metrics_lib.peak_flops(PRECISIONS[p]) / 1e9:.0f} GFLOP/s"
+        + ", ".join(f"{p} {metrics_lib.peak_flops(harness.PRECISIONS[p]) / 1e9:.0f} GFLOP/s"
                     for p in args.precisions) + " (common.metrics.peak_flops)")
   print(f"# {args.trials} trials x {args.steps} steps after {args.warmup} warm-up steps",
         flush=True)
@@ -279,7 +258,7 @@ def main(argv=None) -> None:
     order = runners[trial % len(runners):] + runners[:trial % len(runners)]
     line = []
     for r in order:
-      tps, util, loss = time_trial(r, args.steps, tokens_per_step)
+      tps, util, loss, _ = harness.time_trial(r, args.steps, tokens_per_step)
       if not np.isfinite(loss):
         raise SystemExit(f"error: {r.name} {r.precision} loss is {loss}")
       results[id(r)].append((tps, util))
@@ -295,7 +274,7 @@ def main(argv=None) -> None:
     tps = statistics.median(t for t, _ in results[id(r)])
     util = statistics.median(u for _, u in results[id(r)])
     all_tps = [t for t, _ in results[id(r)]]
-    peak = metrics_lib.peak_flops(PRECISIONS[r.precision])
+    peak = metrics_lib.peak_flops(harness.PRECISIONS[r.precision])
     ref = hf_tps.get(r.precision)
     label = "HF BertForMaskedLM (torch)" if isinstance(r, HFRunner) else r.name
     ratio = f"{tps / ref:.2f}x" if ref else "-"

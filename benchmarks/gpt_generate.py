@@ -30,15 +30,14 @@ import statistics
 import sys
 import time
 
-if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-  sys.exit("error: unset --xla_force_host_platform_device_count: this benchmark uses the real "
-           "devices")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import harness  # noqa: E402  (imports no JAX)
+
+harness.use_real_cpu()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import allocator, param_layout, train_state  # noqa: E402
 from common.partitioning import Partitioner  # noqa: E402
@@ -47,7 +46,6 @@ from gpt_flax import hf as gpt_hf  # noqa: E402
 from gpt_flax.generate import generate_tokens  # noqa: E402
 from gpt_flax.model import GPTModel  # noqa: E402
 
-PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 NEVER = -1  # an EOS id no token equals: every row decodes exactly max_new_tokens
 
 
@@ -64,10 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--hf_attn", default="sdpa", help="HF attn_implementation (sdpa or eager)")
   p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
-  a.precisions = [x.strip() for x in a.precisions.split(",") if x.strip()]
-  for x in a.precisions:
-    if x not in PRECISIONS:
-      p.error(f"--precisions: unknown {x!r}; valid: fp32, bf16")
+  a.precisions = harness.parse_precisions(p, a.precisions)
   if min(a.trials, a.batch, a.prompt_len, a.new_tokens) < 1:
     p.error("--trials, --batch, --prompt_len, --new_tokens must be >= 1")
   return a
@@ -85,7 +80,7 @@ class Ours:
   def __init__(self, precision: str, params, max_len: int, prompts: list[list[int]],
                new_tokens: int):
     self.name, self.precision = "ours", precision
-    cfg = bench_config(max_len, PRECISIONS[precision])
+    cfg = bench_config(max_len, harness.PRECISIONS[precision])
     self.setup = train_state.make_setup(GPTModel(cfg), cfg, Partitioner(1, 1, 1))
     self.params, self.max_len, self.prompts, self.new_tokens = params, max_len, prompts, new_tokens
 
@@ -133,15 +128,10 @@ class HF:
     return out
 
 
-def cpu_seconds() -> float:
-  t = os.times()
-  return t.user + t.system
-
-
 def main(argv=None) -> None:
   args = parse_args(argv)
   import torch
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  cores = harness.cores()
   torch.set_num_threads(args.threads or cores)
   max_len = args.prompt_len + args.new_tokens
   base = bench_config(max_len, "float32")
@@ -193,11 +183,11 @@ def main(argv=None) -> None:
     order = runners[trial % len(runners):] + runners[:trial % len(runners)]
     line = []
     for r in order:
-      c0, t0 = cpu_seconds(), time.perf_counter()
+      c0, t0 = harness.cpu_seconds(), time.perf_counter()
       r.run()
       dt = time.perf_counter() - t0
       times[id(r)].append(dt)
-      cpu[id(r)].append(cpu_seconds() - c0)
+      cpu[id(r)].append(harness.cpu_seconds() - c0)
       line.append(f"{r.name} {r.precision} {new / dt:,.0f} tok/s ({cpu[id(r)][-1]:.1f} CPU-s)")
     print(f"# trial {trial + 1}: " + "; ".join(line), flush=True)
 

@@ -43,16 +43,14 @@ import statistics
 import sys
 import time
 
-# Real devices only (one CPU device), never fake ones.
-if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-  sys.exit("error: unset --xla_force_host_platform_device_count: this benchmark uses the real "
-           "devices")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import harness  # noqa: E402  (imports no JAX)
+
+harness.use_real_cpu()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.variants import parse_variant  # noqa: E402
 from common import metrics as metrics_lib  # noqa: E402
@@ -62,7 +60,6 @@ from common.partitioning import Partitioner  # noqa: E402
 from configs.gpt import get_config  # noqa: E402
 from gpt_flax.model import GPTModel  # noqa: E402
 
-PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -85,10 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--hf_attn", default="sdpa", help="HF attn_implementation (sdpa or eager)")
   p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
-  a.precisions = [x.strip() for x in a.precisions.split(",") if x.strip()]
-  for x in a.precisions:
-    if x not in PRECISIONS:
-      p.error(f"--precisions: unknown {x!r}; valid: fp32, bf16")
+  a.precisions = harness.parse_precisions(p, a.precisions)
   if min(a.steps, a.trials, a.batch, a.seq) < 1 or a.warmup < 0 or a.max_trial_s < 0:
     p.error("--steps, --trials, --batch, --seq must be >= 1; --warmup, --max_trial_s >= 0")
   return a
@@ -209,41 +203,10 @@ class HFRunner(Runner):
     return sum(p.numel() for p in self.model.parameters())
 
 
-def cpu_seconds() -> float:
-  t = os.times()
-  return t.user + t.system
-
-
-def time_trial(r: Runner, steps: int, tokens_per_step: int,
-               max_s: float) -> tuple[float, float, float, int]:
-  """(tokens/s, CPU utilisation in cores, final loss, steps run) of up to `steps` steps.
-
-  With `max_s`, stops after the step that crosses `max_s` seconds. That needs a sync per
-  step (JAX dispatches asynchronously), so it is only checked while the steps are slow enough
-  (first step > max_s / steps) for the bound to matter.
-  """
-  r.sync()
-  c0, t0 = cpu_seconds(), time.perf_counter()
-  done, check = 0, bool(max_s)
-  while done < steps:
-    r.step()
-    done += 1
-    if check:
-      r.sync()
-      elapsed = time.perf_counter() - t0
-      if elapsed > max_s:
-        break
-      if done == 1 and elapsed * steps <= max_s:
-        check = False  # fast enough: no more per-step syncs
-  loss = r.sync()
-  dt, dc = time.perf_counter() - t0, cpu_seconds() - c0
-  return done * tokens_per_step / dt, dc / dt, loss, done
-
-
 def main(argv=None) -> None:
   args = parse_args(argv)
   import torch
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  cores = harness.cores()
   threads = args.threads or cores
   torch.set_num_threads(threads)
   devices = jax.devices()
@@ -259,7 +222,7 @@ def main(argv=None) -> None:
   variants = [("ours", {})] + [parse_variant(v) for v in args.variant]
   runners: list[Runner] = []
   for prec in args.precisions:
-    dtype = PRECISIONS[prec]
+    dtype = harness.PRECISIONS[prec]
     if args.only != "hf":
       for vname, ov in variants:
         runners.append(OursRunner(vname, prec, bench_config(args.batch, args.seq, dtype, ov),
@@ -284,7 +247,7 @@ def main(argv=None) -> None:
         f"({tokens_per_step} tokens/step); params: "
         + ", ".join(f"{r.name} {r.precision} {r.num_params():,}" for r in runners[:2]))
   print(f"# flops/token {flops_per_token / 1e6:.1f} MFLOP (6N + 12LdT); peak "
-        + ", ".join(f"{p} {metrics_lib.peak_flops(PRECISIONS[p]) / 1e9:.0f} GFLOP/s"
+        + ", ".join(f"{p} {metrics_lib.peak_flops(harness.PRECISIONS[p]) / 1e9:.0f} GFLOP/s"
                     for p in args.precisions) + " (common.metrics.peak_flops)")
   print(f"# {args.trials} trials x up to {args.steps} steps (at most ~{args.max_trial_s:g}s a "
         f"trial), after {args.warmup} warm-up steps",
@@ -303,7 +266,7 @@ def main(argv=None) -> None:
     order = runners[trial % len(runners):] + runners[:trial % len(runners)]
     line = []
     for r in order:
-      tps, util, loss, n = time_trial(r, args.steps, tokens_per_step, args.max_trial_s)
+      tps, util, loss, n = harness.time_trial(r, args.steps, tokens_per_step, args.max_trial_s)
       if not np.isfinite(loss):
         raise SystemExit(f"error: {r.name} {r.precision} loss is {loss}")
       results[id(r)].append((tps, util))
@@ -326,7 +289,7 @@ def main(argv=None) -> None:
   for r in runners:
     tps, util, per_cpu = med[id(r)]
     all_tps = [t for t, _ in results[id(r)]]
-    peak = metrics_lib.peak_flops(PRECISIONS[r.precision])
+    peak = metrics_lib.peak_flops(harness.PRECISIONS[r.precision])
     mfu = tps * flops_per_token / peak if peak else float("nan")
     hf_tps = hf_by_prec.get(r.precision)
     ratio = (f"{tps / hf_tps:.2f}x" if hf_tps and not isinstance(r, HFRunner) else

@@ -26,16 +26,15 @@ import statistics
 import sys
 import time
 
-if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-  sys.exit("error: unset --xla_force_host_platform_device_count: this benchmark uses the real "
-           "devices")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import harness  # noqa: E402  (imports no JAX)
+
+harness.use_real_cpu()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import allocator, steps, train_state  # noqa: E402
 from common.data.seq2seq import pad_batch  # noqa: E402
@@ -44,7 +43,6 @@ from configs.t5 import get_config  # noqa: E402
 from t5x_lite.decode import _decode_jit  # noqa: E402
 from t5x_lite.model import T5Model  # noqa: E402
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def bench_config(dtype: str):
@@ -67,7 +65,7 @@ def batches(n: int, cfg, seed: int = 0) -> list[dict[str, np.ndarray]]:
 class Ours:
   def __init__(self, prec: str, data):
     self.name = f"ours {prec}"
-    self.cfg = bench_config(DTYPES[prec])
+    self.cfg = bench_config(harness.PRECISIONS[prec])
     self.partitioner = Partitioner(1, 1, 1)
     self.setup = train_state.make_setup(T5Model(self.cfg), self.cfg, self.partitioner)
     self.state = train_state.init_state(self.setup)
@@ -152,8 +150,8 @@ def main(argv=None) -> None:
   p.add_argument("--only", choices=("train", "decode"), default=None)
   p.add_argument("--precisions", default="fp32,bf16")
   a = p.parse_args(argv)
-  threads = len(os.sched_getaffinity(0))
-  precs = [x for x in a.precisions.split(",") if x]
+  threads = harness.cores()
+  precs = harness.parse_precisions(p, a.precisions)
   data = batches(2, bench_config("float32"))
   runners = []
   for prec in precs:
