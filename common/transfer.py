@@ -36,6 +36,7 @@ from ml_collections import ConfigDict, config_flags
 from common import cli
 from common import config as config_lib
 from common import transfer_data
+from common.transfer_data import LabelledData, write_jsonl
 from common import transfer_report as report
 from common.rundir import RunDir
 from common.transfer_report import INITS
@@ -113,7 +114,7 @@ def _pretrain(family: Family, cfg: ConfigDict, out: str, name: str = "pretrain"
   return workdir, metrics
 
 
-def _adapt(family: Family, cfg: ConfigDict, out: str, pretrained: str, data: transfer_data.LabelledData
+def _adapt(family: Family, cfg: ConfigDict, out: str, pretrained: str, data: LabelledData
            ) -> tuple[str, dict]:
   """OUT/adapt: `transfer.adapt_steps` more pretraining steps from `pretrained` on the text of
   the labelled training split (validation split's text for its evaluation), or `pretrained`
@@ -127,8 +128,8 @@ def _adapt(family: Family, cfg: ConfigDict, out: str, pretrained: str, data: tra
   corpus = os.path.join(data.dir, "adapt")
   os.makedirs(corpus, exist_ok=True)
   for role, rows in (("train", data.rows), ("validation", family.examples(cfg, "validation"))):
-    transfer_data.write_jsonl(os.path.join(corpus, f"{role}.jsonl"),
-                 [{"text": family.adapt_text(cfg, r)} for r in rows])
+    write_jsonl(os.path.join(corpus, f"{role}.jsonl"),
+                [{"text": family.adapt_text(cfg, r)} for r in rows])
   c = ConfigDict(cfg.to_dict())
   c.data.update(dataset=f"jsonl:{corpus}/{{split}}.jsonl", text_field="text",
                 train_split="train", eval_split="validation", tokenizer="")
@@ -138,7 +139,7 @@ def _adapt(family: Family, cfg: ConfigDict, out: str, pretrained: str, data: tra
   return workdir, metrics | {"from": pretrained}
 
 
-def run_cell(family: Family, cfg: ConfigDict, data: transfer_data.LabelledData, pretrained: str, init: str,
+def run_cell(family: Family, cfg: ConfigDict, data: LabelledData, pretrained: str, init: str,
              n: int, seed: int, cells: str) -> dict[str, Any]:
   """One fine-tuning run, or its recorded result when it finished before."""
   cell = os.path.join(cells, f"{init}_n{n}_s{seed}")
@@ -199,7 +200,7 @@ def run_grid(family: Family, cfg: ConfigDict, out: str, pretrained: str | None =
   out = os.path.abspath(out)
   os.makedirs(out, exist_ok=True)
   check_same_config(cfg, out)
-  data = transfer_data.LabelledData(family.examples, cfg, out)
+  data = LabelledData(family.examples, cfg, out)
   budgets = parse_budgets(t.budgets, len(data.rows))
   if pretrained:
     pre_metrics = {"reused": pretrained}
