@@ -35,8 +35,7 @@ from ml_collections import ConfigDict, config_flags
 
 from common import cli
 from common import config as config_lib
-from common import transfer_data
-from common.transfer_data import LabelledData, write_jsonl
+from common.transfer_data import Examples, LabelledData, write_jsonl
 from common import transfer_report as report
 from common.rundir import RunDir
 from common.transfer_report import INITS
@@ -52,7 +51,7 @@ class Family:
   metric: str                    # the cell result the table and plot compare
   metric_name: str               # its axis label
   # The labelled examples of a role ("train", "validation", "test"), as JSON-able dicts.
-  examples: transfer_data.Examples
+  examples: Examples
   batch_size: Callable[[ConfigDict], int]
   pretrain: Callable[[ConfigDict, str], dict[str, float]]
   # (the cell's own copy of the config, finetune.init_from and seed set; data dir of
