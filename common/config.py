@@ -55,7 +55,9 @@ def base_config() -> ConfigDict:
   # Starting from another run's parameters, and the schedule fine-tuning tasks train with.
   # `init_from`: a work dir (or a checkpoint inside one) whose parameters, and tokenizer,
   # this run starts from; steps count from 0. When `task` is not "pretrain" the optimizer's
-  # learning_rate / schedule / warmup come from here (warmup as a fraction of num_steps).
+  # learning_rate / schedule / warmup come from here (warmup as a fraction of num_steps), and
+  # so does the model's dropout_rate where a family's config adds `finetune.dropout_rate`
+  # (T5.1.1 pretrains without dropout and fine-tunes with 0.1).
   c.finetune = ConfigDict(dict(init_from="", learning_rate=1e-4, schedule="linear",
                                warmup_ratio=0.1))
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules="fsdp_tp",
@@ -63,8 +65,11 @@ def base_config() -> ConfigDict:
   return c
 
 
-FINETUNE_SCHEDULE_KEYS = ("optimizer.learning_rate", "optimizer.schedule",
-                          "optimizer.warmup_steps")
+# What a fine-tuning task takes from `finetune` instead: {overridden key: its finetune key}.
+FINETUNE_KEYS = {"optimizer.learning_rate": "finetune.learning_rate",
+                 "optimizer.schedule": "finetune.schedule",
+                 "optimizer.warmup_steps": "finetune.warmup_ratio",
+                 "model.dropout_rate": "finetune.dropout_rate"}
 
 
 def is_finetuning_task(cfg: ConfigDict) -> bool:
@@ -72,8 +77,9 @@ def is_finetuning_task(cfg: ConfigDict) -> bool:
 
 
 def resolve_finetune(cfg: ConfigDict) -> ConfigDict:
-  """A copy of `cfg` whose optimizer schedule is `finetune`'s when the task fine-tunes (what
-  config.json then records); pretraining configs come back unchanged."""
+  """A copy of `cfg` whose optimizer schedule (and dropout, where `finetune` has one) is
+  `finetune`'s when the task fine-tunes (what config.json then records); pretraining configs
+  come back unchanged."""
   cfg = ConfigDict(cfg.to_dict())
   if is_finetuning_task(cfg):
     f = cfg.finetune
@@ -81,6 +87,8 @@ def resolve_finetune(cfg: ConfigDict) -> ConfigDict:
       raise ValueError(f"finetune.warmup_ratio={f.warmup_ratio} must be in [0, 1)")
     cfg.optimizer.update(learning_rate=f.learning_rate, schedule=f.schedule,
                          warmup_steps=int(round(f.warmup_ratio * cfg.train.num_steps)))
+    if "dropout_rate" in f:
+      cfg.model.dropout_rate = f.dropout_rate
   return cfg
 
 
@@ -122,11 +130,12 @@ def check_overrides(argv: Sequence[str], default_spec: str, flag: str = "config"
     check_key(config, key)
   task = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith(f"--{flag}.task=")),
               config.get("task", "pretrain"))
-  ignored = [k for k in overrides if k in FINETUNE_SCHEDULE_KEYS]
+  ignored = [k for k in overrides
+             if k in FINETUNE_KEYS and _get(config, FINETUNE_KEYS[k]) is not None]
   if task != "pretrain" and ignored:
-    key = ignored[0].split(".")[1].replace("warmup_steps", "warmup_ratio")
-    raise ValueError(f"task={task} fine-tunes with the finetune section's schedule, so "
-                     f"--config.{ignored[0]} would be ignored; set --config.finetune.{key}")
+    raise ValueError(f"task={task} fine-tunes with the finetune section's settings, so "
+                     f"--config.{ignored[0]} would be ignored; set "
+                     f"--config.{FINETUNE_KEYS[ignored[0]]}")
 
 
 def apply_overrides(config: ConfigDict, overrides: dict) -> ConfigDict:
@@ -175,6 +184,7 @@ _RANGES = (
     ("optimizer.clip_norm", lambda v: v >= 0, ">= 0 (0: off)"),
     ("finetune.learning_rate", lambda v: v > 0, "> 0"),
     ("finetune.warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("finetune.dropout_rate", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("data.seq_len", lambda v: v >= 1, ">= 1"),
     ("data.num_workers", lambda v: v >= 0, ">= 0 (0: rows built in the training process)"),
     ("loss.z_loss", lambda v: v >= 0, ">= 0"),

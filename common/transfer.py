@@ -15,8 +15,9 @@ budget n takes its first n examples, so subsets are nested (the 100 lie inside t
 both inits of a seed see the same ones. Fine-tuning uses the config's `finetune` section, for
 steps = clip(transfer.epochs x n / batch, transfer.min_steps, transfer.max_steps): small
 budgets need many passes, the largest is capped by the 2-core budget. A finished cell
-(cell.json) is skipped when the command is rerun. Writes OUT/transfer.csv (one row per cell),
-OUT/transfer.png (mean +- std per budget, the baseline drawn) and OUT/table.md (printed).
+(cell.json) is skipped when the command is rerun, and a rerun may add budgets or seeds. Writes
+OUT/transfer.csv (one row per finished cell of OUT, this run's and earlier runs'), OUT/transfer.png
+(mean +- std per budget, the baseline drawn) and OUT/table.md (printed).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -219,8 +221,18 @@ def run_grid(family: Family, cfg: ConfigDict, out: str, pretrained: str | None =
         print(f"cell {init:10s} n={n:<6d} seed {seed}: {family.metric} "
               f"{row[family.metric]:.4f} ({what})", flush=True)
         rows.append(row)
-  write_outputs(family, cfg, out, rows, pre_metrics)
+  write_outputs(family, cfg, out, finished_cells(out), pre_metrics)
   return rows
+
+
+def finished_cells(out: str) -> list[dict[str, Any]]:
+  """Every finished cell of OUT by (budget, seed, init): a rerun for one budget still reports
+  the whole grid (`check_same_config` keeps OUT to one recipe)."""
+  rows = []
+  for path in glob.glob(os.path.join(out, "cells", "*", "cell.json")):
+    with open(path) as f:
+      rows.append(json.load(f))
+  return sorted(rows, key=lambda r: (r["budget"], r["seed"], INITS.index(r["init"])))
 
 
 def write_outputs(family: Family, cfg: ConfigDict, out: str, rows: list[dict[str, Any]],

@@ -201,6 +201,13 @@ def test_bert_grid_runs_skips_finished_cells_and_plots(corpus, bert_grid, capsys
   printed = capsys.readouterr().out
   assert printed.count("(done before)") == 4 and "training bert" not in printed
   assert "majority class" in printed
+  # A rerun for one budget trains nothing and still reports every finished cell.
+  one = _bert_cfg(corpus)
+  one.transfer.budgets = "16"
+  assert [r["budget"] for r in transfer.run_grid(family, one, str(out))] == [16, 16]
+  with open(out / "transfer.csv") as f:
+    assert [(r["init"], int(r["budget"])) for r in csv.DictReader(f)] == [
+        (r["init"], r["budget"]) for r in rows]
   # Another recipe in the same directory would mix cells: refused.
   other = _bert_cfg(corpus)
   other.finetune.learning_rate = 0.5

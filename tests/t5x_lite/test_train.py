@@ -125,22 +125,30 @@ def test_finetune_via_flags_then_infer(corpus, pretrained, tmp_path):
 
 @pytest.mark.parametrize("preset", ["tiny", "demo", "base"])
 def test_finetuning_trains_with_the_finetune_schedule(preset):
-  schedule = lambda c: (c.optimizer.schedule, c.optimizer.learning_rate, c.optimizer.warmup_steps)
+  schedule = lambda c: (c.optimizer.schedule, c.optimizer.learning_rate, c.optimizer.warmup_steps,
+                        c.model.dropout_rate)
   resolved = lambda **o: schedule(config_lib.resolve_finetune(
       apply_overrides(get_config(preset), o)))
   pretrain = schedule(get_config(preset))
-  assert pretrain[0] == "rsqrt" and resolved() == pretrain
+  # T5.1.1 pretrains without dropout and fine-tunes with 0.1 (T5X's fine-tuning runs).
+  assert pretrain[0] == "rsqrt" and pretrain[3] == 0.0 and resolved() == pretrain
   lr = 3e-3 if preset == "demo" else 1e-3  # T5's 1e-3; the 4-layer demo model needs more
-  assert resolved(task="summarize") == ("constant", lr, 0)
-  assert resolved(**{"task": "summarize", "finetune.learning_rate": 5e-4}) == (
-      "constant", 5e-4, 0)
+  assert resolved(task="summarize") == ("constant", lr, 0, 0.1)
+  assert resolved(**{"task": "summarize", "finetune.learning_rate": 5e-4,
+                     "finetune.dropout_rate": 0.0}) == ("constant", 5e-4, 0, 0.0)
   assert resolved(**{"task": "summarize", "finetune.schedule": "linear",
-                     "finetune.warmup_ratio": 0.1, "train.num_steps": 70}) == ("linear", lr, 7)
-  # An optimizer flag that fine-tuning would ignore is refused before anything runs.
-  argv = ["t5", f"--config=configs/t5.py:{preset}", "--config.task=summarize",
-          "--config.optimizer.learning_rate=0.01"]
-  with pytest.raises(ValueError, match="set --config.finetune.learning_rate"):
-    config_lib.check_overrides(argv, "")
+                     "finetune.warmup_ratio": 0.1, "train.num_steps": 70}) == (
+      "linear", lr, 7, 0.1)
+  # A flag that fine-tuning would ignore is refused before anything runs.
+  for flag, instead in (("optimizer.learning_rate=0.01", "finetune.learning_rate"),
+                        ("optimizer.warmup_steps=5", "finetune.warmup_ratio"),
+                        ("model.dropout_rate=0.2", "finetune.dropout_rate")):
+    argv = ["t5", f"--config=configs/t5.py:{preset}", "--config.task=summarize",
+            f"--config.{flag}"]
+    with pytest.raises(ValueError, match=f"set --config.{instead}$"):
+      config_lib.check_overrides(argv, "")
+  with pytest.raises(ValueError, match=r"finetune.dropout_rate=1.0 must be in \[0, 1\)"):
+    config_lib.validate(apply_overrides(get_config(preset), {"finetune.dropout_rate": 1.0}))
 
 
 def test_missing_field_names(corpus, tmp_path):
