@@ -2,7 +2,7 @@
 
 tiny              unit tests (seconds on a CPU)
 demo              the CPU demo: span-corruption pretraining on the Debian corpus (3,000 steps,
-                  ~42 min on 2 cores), then description -> synopsis fine-tuning
+                  ~43 min on 2 cores), then description -> synopsis fine-tuning
 bench             the benchmark shape (vocab 8192, 6+6 layers, d_model 512, 8 heads, d_ff 1024
                   gated-GELU, inputs 256, targets 64, batch 8)
 small base large xl xxl      T5.1.1 (gated-GELU, untied logits, no pretraining dropout)
